@@ -1,0 +1,284 @@
+package cniexec
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"go.uber.org/zap"
+
+	"github.com/nodenet/nodenet/cniexec/wire"
+	"github.com/nodenet/nodenet/ipam"
+	"github.com/nodenet/nodenet/routing"
+)
+
+// netConf is nodenet's entry of the conflist as the runtime hands it over, with the keys libcni
+// injects (prevResult, runtimeConfig, cni.dev/valid-attachments).
+type netConf struct {
+	types.PluginConf
+	Socket  string `json:"socket,omitempty"`
+	LogFile string `json:"logFile,omitempty"`
+}
+
+func (s *Server) handle(req wire.Request) wire.Response {
+	var conf netConf
+	if err := json.Unmarshal(req.Config, &conf); err != nil {
+		return errResponse("", wire.CodeDecodeFailure, "network configuration is not valid JSON", err.Error())
+	}
+	if !wire.IsSupported(conf.CNIVersion) {
+		return errResponse(conf.CNIVersion, wire.CodeIncompatibleVersion, fmt.Sprintf("cniVersion %q is not supported", conf.CNIVersion),
+			fmt.Sprintf("supported: %v", wire.SupportedVersions))
+	}
+	if conf.Name != s.cfg.NetworkName {
+		return errResponse(conf.CNIVersion, wire.CodeInvalidConfig, fmt.Sprintf("network %q is not served by this daemon", conf.Name),
+			fmt.Sprintf("this daemon serves network %q", s.cfg.NetworkName))
+	}
+	log := s.log.With(zap.String("command", req.Command), zap.String("containerID", req.ContainerID), zap.String("ifName", req.IfName))
+	var resp wire.Response
+	switch req.Command {
+	case "ADD":
+		resp = s.add(req, &conf, log)
+	case "DEL":
+		resp = s.del(req, &conf, log)
+	case "CHECK":
+		resp = s.check(req, &conf)
+	case "STATUS":
+		resp = s.status(&conf)
+	case "GC":
+		resp = s.gc(&conf, log)
+	default:
+		resp = errResponse(conf.CNIVersion, wire.CodeInvalidEnvironment, fmt.Sprintf("CNI_COMMAND %q is not supported", req.Command),
+			"want one of ADD, DEL, CHECK, VERSION, STATUS, GC")
+	}
+	if resp.Error != nil {
+		log.Info("cni command failed", zap.Uint("code", resp.Error.Code), zap.String("msg", resp.Error.Msg), zap.String("details", resp.Error.Details))
+	}
+	return resp
+}
+
+func (s *Server) add(req wire.Request, conf *netConf, log *zap.Logger) wire.Response {
+	if resp, ok := s.checkNetns(req.Netns, conf.CNIVersion); !ok {
+		return resp
+	}
+	lock := s.lockContainer(req.ContainerID)
+	lock.Lock()
+	defer lock.Unlock()
+
+	_, existed := s.ipam.Get(req.ContainerID, req.IfName)
+	alloc, err := s.ipam.Allocate(ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns})
+	if err != nil {
+		var exhausted *ipam.ExhaustedError
+		if errors.As(err, &exhausted) {
+			return errResponse(conf.CNIVersion, wire.CodeTryAgainLater, "no free pod address", err.Error())
+		}
+		return errResponse(conf.CNIVersion, wire.CodeIOFailure, "allocate pod address", err.Error())
+	}
+	if existed && alloc.Netns != req.Netns {
+		return errResponse(conf.CNIVersion, wire.CodeInvalidEnvironment, "container already has this interface in another network namespace",
+			fmt.Sprintf("allocated for %s, asked for %s; DEL it first", alloc.Netns, req.Netns))
+	}
+	pod := s.podNetwork(req.ContainerID, req.IfName, req.Netns, alloc.IPs)
+	ifaces, err := s.pods.AttachPod(pod)
+	if err != nil {
+		// Nothing of a failed ADD may stay behind: the runtime will not DEL a pod it never got.
+		var undo []error
+		if !existed {
+			undo = append(undo, s.pods.DetachPod(pod.HostVeth))
+			if _, _, rerr := s.ipam.Release(req.ContainerID, req.IfName); rerr != nil {
+				undo = append(undo, rerr)
+			}
+		}
+		if uerr := errors.Join(undo...); uerr != nil {
+			log.Error("undo failed ADD", zap.Error(uerr))
+		}
+		return errResponse(conf.CNIVersion, wire.CodeInternal, "attach pod interface", err.Error())
+	}
+	result := s.result(ifaces, req.Netns, alloc.IPs)
+	out, err := versioned(result, conf.CNIVersion)
+	if err != nil {
+		return errResponse(conf.CNIVersion, wire.CodeInternal, "encode result", err.Error())
+	}
+	log.Debug("pod attached", zap.Stringers("ips", alloc.IPs), zap.String("hostVeth", pod.HostVeth))
+	return wire.Response{Result: out}
+}
+
+func (s *Server) del(req wire.Request, conf *netConf, log *zap.Logger) wire.Response {
+	lock := s.lockContainer(req.ContainerID)
+	lock.Lock()
+	defer lock.Unlock()
+	if err := s.release(req.ContainerID, req.IfName); err != nil {
+		return errResponse(conf.CNIVersion, wire.CodeIOFailure, "release pod network", err.Error())
+	}
+	log.Debug("pod detached")
+	return wire.Response{}
+}
+
+// release removes the veth, then the allocation: in that order a crash in between leaves an
+// allocation without a veth, which reconciliation releases, never a veth with a reusable address.
+func (s *Server) release(containerID, ifName string) error {
+	if err := s.pods.DetachPod(routing.HostVethName(containerID, ifName)); err != nil {
+		return err
+	}
+	_, _, err := s.ipam.Release(containerID, ifName)
+	return err
+}
+
+func (s *Server) check(req wire.Request, conf *netConf) wire.Response {
+	if resp, ok := s.checkNetns(req.Netns, conf.CNIVersion); !ok {
+		return resp
+	}
+	lock := s.lockContainer(req.ContainerID)
+	lock.Lock()
+	defer lock.Unlock()
+	alloc, ok := s.ipam.Get(req.ContainerID, req.IfName)
+	if !ok {
+		return errResponse(conf.CNIVersion, wire.CodeUnknownContainer, "unknown container",
+			fmt.Sprintf("no allocation for container %s interface %s", req.ContainerID, req.IfName))
+	}
+	if err := checkPrevResult(conf, alloc.IPs); err != nil {
+		return errResponse(conf.CNIVersion, wire.CodeInvalidConfig, "prevResult does not match the allocation", err.Error())
+	}
+	if err := s.pods.CheckPod(s.podNetwork(req.ContainerID, req.IfName, req.Netns, alloc.IPs)); err != nil {
+		return errResponse(conf.CNIVersion, wire.CodeInternal, "pod network is broken", err.Error())
+	}
+	return wire.Response{}
+}
+
+func (s *Server) status(conf *netConf) wire.Response {
+	if !s.ready.Load() {
+		return errResponse(conf.CNIVersion, wire.CodeNotAvailable, "nodenet is not ready", "the daemon is starting")
+	}
+	return wire.Response{}
+}
+
+// gc releases every attachment the runtime no longer knows about (CNI 1.1 GC).
+func (s *Server) gc(conf *netConf, log *zap.Logger) wire.Response {
+	valid := make(map[types.GCAttachment]bool, len(conf.ValidAttachments))
+	for _, a := range conf.ValidAttachments {
+		valid[a] = true
+	}
+	var errs []error
+	for _, a := range s.ipam.List() {
+		if valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}] {
+			continue
+		}
+		lock := s.lockContainer(a.ContainerID)
+		lock.Lock()
+		err := s.release(a.ContainerID, a.IfName)
+		lock.Unlock()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("container %s interface %s: %w", a.ContainerID, a.IfName, err))
+			continue
+		}
+		log.Info("garbage-collected attachment", zap.String("gcContainerID", a.ContainerID), zap.String("gcIfName", a.IfName))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return errResponse(conf.CNIVersion, wire.CodeIOFailure, "garbage collection", err.Error())
+	}
+	return wire.Response{}
+}
+
+// checkNetns turns a missing or non-namespace path into a clear environment error before any
+// state is touched.
+func (s *Server) checkNetns(path, cniVersion string) (wire.Response, bool) {
+	if _, err := os.Stat(path); err != nil {
+		return errResponse(cniVersion, wire.CodeInvalidEnvironment, "CNI_NETNS is not usable", err.Error()), false
+	}
+	return wire.Response{}, true
+}
+
+func (s *Server) podNetwork(containerID, ifName, netns string, ips []netip.Prefix) routing.PodNetwork {
+	var gws []netip.Prefix
+	for _, ip := range ips {
+		for _, gw := range s.ipam.Gateways() {
+			if gw.Masked().Contains(ip.Addr()) {
+				gws = append(gws, gw)
+			}
+		}
+	}
+	return routing.PodNetwork{
+		NetnsPath: netns,
+		IfName:    ifName,
+		HostVeth:  routing.HostVethName(containerID, ifName),
+		IPs:       ips,
+		Gateways:  gws,
+		MTU:       s.cfg.Bridge.MTU,
+	}
+}
+
+// result is shaped like the reference bridge plugin's, so chained plugins (portmap, bandwidth)
+// find the host veth and the container interface where they expect them.
+func (s *Server) result(ifaces routing.PodInterfaces, netns string, ips []netip.Prefix) *types100.Result {
+	const podIfIndex = 2
+	res := &types100.Result{
+		CNIVersion: types100.ImplementedSpecVersion,
+		Interfaces: []*types100.Interface{
+			{Name: s.cfg.Bridge.Name, Mac: s.cfg.Bridge.MAC.String()},
+			{Name: ifaces.HostVeth.Name, Mac: ifaces.HostVeth.MAC.String()},
+			{Name: ifaces.PodIf.Name, Mac: ifaces.PodIf.MAC.String(), Sandbox: netns},
+		},
+	}
+	for _, ip := range ips {
+		idx := podIfIndex
+		cfg := &types100.IPConfig{Interface: &idx, Address: net.IPNet{IP: ip.Addr().AsSlice(), Mask: net.CIDRMask(ip.Bits(), ip.Addr().BitLen())}}
+		for _, gw := range s.ipam.Gateways() {
+			if gw.Masked().Contains(ip.Addr()) {
+				cfg.Gateway = gw.Addr().AsSlice()
+				def := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+				if ip.Addr().Is6() {
+					def = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+				}
+				res.Routes = append(res.Routes, &types.Route{Dst: def, GW: cfg.Gateway})
+			}
+		}
+		res.IPs = append(res.IPs, cfg)
+	}
+	return res
+}
+
+func versioned(res *types100.Result, cniVersion string) (json.RawMessage, error) {
+	converted, err := res.GetAsVersion(cniVersion)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(converted)
+}
+
+// checkPrevResult verifies that the result the runtime cached names the addresses we hold.
+func checkPrevResult(conf *netConf, ips []netip.Prefix) error {
+	if conf.RawPrevResult == nil {
+		return nil
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return err
+	}
+	res, err := types100.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return err
+	}
+	want := map[netip.Prefix]bool{}
+	for _, ip := range ips {
+		want[ip] = true
+	}
+	for _, c := range res.IPs {
+		ones, _ := c.Address.Mask.Size()
+		addr, ok := netip.AddrFromSlice(c.Address.IP)
+		if !ok {
+			return fmt.Errorf("prevResult address %s is not an IP", c.Address.String())
+		}
+		if p := netip.PrefixFrom(addr.Unmap(), ones); !want[p] {
+			return fmt.Errorf("prevResult has %s, the allocation has %v", p, ips)
+		}
+	}
+	return nil
+}
+
+func errResponse(cniVersion string, code uint, msg, details string) wire.Response {
+	return wire.Response{Error: &wire.Error{CNIVersion: cniVersion, Code: code, Msg: msg, Details: details}}
+}

@@ -1,0 +1,103 @@
+package cniexec
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/nodenet/nodenet/cniexec/wire"
+)
+
+// ShimName is the plugin type in the conflist and the binary's name in cni.binDir.
+const ShimName = "nodenet-cni"
+
+// ConflistName is the file the daemon writes into cni.confDir. Its "10-" prefix sorts it before
+// the usual "99-loopback" and after nothing a node normally has, so runtimes pick it.
+const ConflistName = "10-nodenet.conflist"
+
+// InstallShim copies the shim binary at src into binDir. The copy goes to a temporary file in the
+// same directory, is synced and then renamed over the old binary, so a runtime executing the shim
+// while it is replaced runs either the old or the new file, never a partial one. An identical
+// binary is left alone.
+func InstallShim(src, binDir string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("read shim: %w", err)
+	}
+	dst := filepath.Join(binDir, ShimName)
+	if old, err := os.ReadFile(dst); err == nil && sha256.Sum256(old) == sha256.Sum256(data) {
+		return nil
+	}
+	return writeAtomic(dst, data, 0o755)
+}
+
+// Conflist is the network configuration list handed to the runtime.
+func Conflist(networkName, socket, logFile string) ([]byte, error) {
+	list := map[string]any{
+		"cniVersion":  wire.SupportedVersions[len(wire.SupportedVersions)-1],
+		"cniVersions": wire.SupportedVersions,
+		"name":        networkName,
+		"disableGC":   false,
+		"plugins": []any{map[string]any{
+			"type":    ShimName,
+			"socket":  socket,
+			"logFile": logFile,
+		}},
+	}
+	return json.MarshalIndent(list, "", "  ")
+}
+
+// WriteConflist writes the conflist atomically into confDir; an unchanged file is not rewritten
+// so the runtime's file watcher sees no event.
+func WriteConflist(confDir string, data []byte) error {
+	dst := filepath.Join(confDir, ConflistName)
+	if old, err := os.ReadFile(dst); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	return writeAtomic(dst, data, 0o644)
+}
+
+// writeAtomic writes through a temporary file in the target's directory, fsyncs it, renames it
+// into place and fsyncs the directory so the rename survives a power loss.
+func writeAtomic(dst string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(dst)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create temporary file in %s: %w", dir, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename; removes the temporary file on failure
+	if _, err := io.Copy(tmp, bytes.NewReader(data)); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("rename into %s: %w", dst, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}

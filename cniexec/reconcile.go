@@ -1,0 +1,47 @@
+package cniexec
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"go.uber.org/zap"
+
+	"github.com/nodenet/nodenet/routing"
+)
+
+// Reconcile runs once at start, before the daemon reports ready. It adopts what a previous daemon
+// left (the bridge and veths stay, so running pods keep their traffic), releases allocations whose
+// network namespace is gone (a DEL that never reached us, or an ADD cut short by a crash after the
+// pod was removed) and removes veths that belong to no allocation.
+func (s *Server) Reconcile() error {
+	var errs []error
+	owned := map[string]bool{}
+	for _, a := range s.ipam.List() {
+		if _, err := os.Stat(a.Netns); err == nil || !errors.Is(err, os.ErrNotExist) {
+			owned[routing.HostVethName(a.ContainerID, a.IfName)] = true
+			continue
+		}
+		if err := s.release(a.ContainerID, a.IfName); err != nil {
+			errs = append(errs, fmt.Errorf("release container %s interface %s: %w", a.ContainerID, a.IfName, err))
+			continue
+		}
+		s.log.Info("released allocation whose netns is gone", zap.String("containerID", a.ContainerID),
+			zap.String("ifName", a.IfName), zap.String("netns", a.Netns), zap.Stringers("ips", a.IPs))
+	}
+	veths, err := s.pods.PodVeths()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("list pod veths: %w", err))...)
+	}
+	for _, v := range veths {
+		if owned[v] {
+			continue
+		}
+		if err := s.pods.DetachPod(v); err != nil {
+			errs = append(errs, fmt.Errorf("remove orphan veth %s: %w", v, err))
+			continue
+		}
+		s.log.Info("removed veth without allocation", zap.String("hostVeth", v))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,92 @@
+// Package config loads, defaults and validates the nodenet daemon's configuration file
+// (apiVersion nodenet.dev/v1alpha1, kind NodenetConfig).
+package config
+
+import "net/netip"
+
+// APIVersion and Kind identify the configuration file format.
+const (
+	APIVersion = "nodenet.dev/v1alpha1"
+	Kind       = "NodenetConfig"
+)
+
+// KubeconfigNone runs the daemon without an API server: pod networking only.
+const KubeconfigNone = "none"
+
+// Config is the whole daemon configuration. Field names follow Kubernetes component-config
+// style (camelCase); every key is validated by Validate.
+type Config struct {
+	APIVersion    string         `json:"apiVersion"`
+	Kind          string         `json:"kind"`
+	NodeName      string         `json:"nodeName"`
+	Kubeconfig    string         `json:"kubeconfig"`
+	ClusterCIDRs  []netip.Prefix `json:"clusterCIDRs"`
+	ServiceCIDRs  []netip.Prefix `json:"serviceCIDRs"`
+	PodCIDRs      []netip.Prefix `json:"podCIDRs"`
+	ClusterDomain string         `json:"clusterDomain"`
+	StateDir      string         `json:"stateDir"`
+	RunDir        string         `json:"runDir"`
+	CNI           CNI            `json:"cni"`
+	Routing       Routing        `json:"routing"`
+	Proxy         Proxy          `json:"proxy"`
+	DNS           DNS            `json:"dns"`
+	Metrics       Endpoint       `json:"metrics"`
+	Health        Endpoint       `json:"health"`
+	Logging       Logging        `json:"logging"`
+}
+
+// CNI configures the pod network plumbing and the files handed to the container runtime.
+type CNI struct {
+	BinDir  string `json:"binDir"`
+	ConfDir string `json:"confDir"`
+	Bridge  string `json:"bridge"`
+	// MTU of pod interfaces; 0 takes the uplink's MTU.
+	MTU int `json:"mtu"`
+}
+
+// Routing configures how pods on different nodes reach each other.
+type Routing struct {
+	Mode string `json:"mode"`
+}
+
+// Routing modes.
+const (
+	RoutingAuto   = "auto"
+	RoutingDirect = "direct"
+	RoutingVXLAN  = "vxlan"
+)
+
+// Proxy configures Service load balancing.
+type Proxy struct {
+	Enabled           *bool          `json:"enabled"`
+	NodePortAddresses []netip.Prefix `json:"nodePortAddresses"`
+	MasqueradeAll     bool           `json:"masqueradeAll"`
+}
+
+// DNS configures the node-local DNS server.
+type DNS struct {
+	Enabled   *bool        `json:"enabled"`
+	Listen    []netip.Addr `json:"listen"`
+	Upstreams []string     `json:"upstreams"`
+	CacheSize int          `json:"cacheSize"`
+}
+
+// Endpoint is a listen address of an HTTP server.
+type Endpoint struct {
+	Address string `json:"address"`
+}
+
+// Logging configures zap.
+type Logging struct {
+	Level  string `json:"level"`
+	Format string `json:"format"`
+}
+
+// ProxyEnabled reports whether Service load balancing runs.
+func (c *Config) ProxyEnabled() bool { return c.Proxy.Enabled == nil || *c.Proxy.Enabled }
+
+// DNSEnabled reports whether the node-local DNS server runs.
+func (c *Config) DNSEnabled() bool { return c.DNS.Enabled == nil || *c.DNS.Enabled }
+
+// Standalone reports whether the daemon runs without an API server.
+func (c *Config) Standalone() bool { return c.Kubeconfig == KubeconfigNone }

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nodenet/nodenet/cniexec"
+	"github.com/nodenet/nodenet/config"
+	"github.com/nodenet/nodenet/ipam"
+	"github.com/nodenet/nodenet/routing"
+)
+
+// ensureInterval is how often the node-local network is re-checked, so a bridge address or an
+// nftables rule another program removed comes back without a restart.
+const ensureInterval = 30 * time.Second
+
+// shutdownTimeout bounds how long the HTTP servers get to finish their requests.
+const shutdownTimeout = 5 * time.Second
+
+type daemon struct {
+	cfg      *config.Config
+	shimPath string
+	log      *zap.Logger
+	ready    atomic.Bool
+}
+
+// run wires the components and runs them under one errgroup: any failure cancels the rest, then
+// the deferred cleanup closes what was opened. Nothing it set up in the kernel is torn down on
+// exit, so pods keep their network while the daemon restarts.
+func (d *daemon) run(ctx context.Context) error {
+	d.log.Info("starting", zap.String("version", version), zap.String("node", d.cfg.NodeName))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.serveHTTP(ctx, d.cfg.Health.Address, d.healthHandler()) })
+	g.Go(func() error {
+		return d.serveHTTP(ctx, d.cfg.Metrics.Address, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	})
+	g.Go(func() error { return d.runNetwork(ctx, g, reg) })
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	d.log.Info("stopped", zap.Error(err))
+	return err
+}
+
+// runNetwork brings up pod networking: podCIDRs, IPAM, bridge, reconciliation, the CNI socket,
+// and finally the shim and conflist that tell the runtime nodenet is ready.
+func (d *daemon) runNetwork(ctx context.Context, g *errgroup.Group, reg prometheus.Registerer) error {
+	podCIDRs, err := d.podCIDRs(ctx)
+	if err != nil {
+		return err
+	}
+	alloc, err := ipam.Open(ipam.Config{StateDir: d.cfg.StateDir, Ranges: podCIDRs}, d.log.Named("ipam"))
+	if err != nil {
+		return fmt.Errorf("open ipam: %w", err)
+	}
+	context.AfterFunc(ctx, func() {
+		if err := alloc.Close(); err != nil {
+			d.log.Warn("close ipam", zap.Error(err))
+		}
+	})
+	nl, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	context.AfterFunc(ctx, nl.Close)
+	nft, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("open nftables: %w", err)
+	}
+	local, err := routing.NewLocal(routing.LocalConfig{
+		Bridge:       d.cfg.CNI.Bridge,
+		MTU:          d.cfg.CNI.MTU,
+		Gateways:     alloc.Gateways(),
+		PodCIDRs:     podCIDRs,
+		ClusterCIDRs: d.cfg.ClusterCIDRs,
+	}, nl, nft, d.log.Named("routing"))
+	if err != nil {
+		return err
+	}
+	bridge, err := local.Ensure()
+	if err != nil {
+		return fmt.Errorf("set up bridge %s: %w", d.cfg.CNI.Bridge, err)
+	}
+	socket := filepath.Join(d.cfg.RunDir, "cni.sock")
+	srv, err := cniexec.New(cniexec.Config{Socket: socket, Bridge: bridge, NetworkName: "nodenet"},
+		alloc, local, cniexec.NewMetrics(reg), d.log)
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return srv.Run(ctx) })
+	if err := srv.Reconcile(); err != nil {
+		// A leftover that cannot be removed now is retried on the next start; it must not keep
+		// every new pod on this node from starting.
+		d.log.Error("reconcile left work undone", zap.Error(err))
+	}
+	if err := d.install(socket); err != nil {
+		return err
+	}
+	srv.SetReady()
+	d.ready.Store(true)
+	d.log.Info("ready", zap.Stringers("podCIDRs", podCIDRs), zap.String("bridge", bridge.Name), zap.Int("mtu", bridge.MTU))
+
+	ticker := time.NewTicker(ensureInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+			if _, err := local.Ensure(); err != nil {
+				d.log.Error("re-ensure node network", zap.Error(err))
+			}
+		}
+	}
+}
+
+func (d *daemon) install(socket string) error {
+	if err := cniexec.InstallShim(d.shimPath, d.cfg.CNI.BinDir); err != nil {
+		return fmt.Errorf("install %s into %s: %w", cniexec.ShimName, d.cfg.CNI.BinDir, err)
+	}
+	list, err := cniexec.Conflist("nodenet", socket, filepath.Join(d.cfg.RunDir, "cni.log"))
+	if err != nil {
+		return fmt.Errorf("encode conflist: %w", err)
+	}
+	if err := cniexec.WriteConflist(d.cfg.CNI.ConfDir, list); err != nil {
+		return fmt.Errorf("write conflist into %s: %w", d.cfg.CNI.ConfDir, err)
+	}
+	return nil
+}
+
+// podCIDRs are the config's, else the Node's spec.podCIDRs once the controller assigned them.
+func (d *daemon) podCIDRs(ctx context.Context) ([]netip.Prefix, error) {
+	if len(d.cfg.PodCIDRs) > 0 {
+		return d.cfg.PodCIDRs, nil
+	}
+	client, err := newKubeClient(d.cfg.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return waitForPodCIDRs(ctx, client, d.cfg.NodeName, d.log)
+}
+
+func (d *daemon) healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !d.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// serveHTTP serves h on addr until ctx ends.
+func (d *daemon) serveHTTP(ctx context.Context, addr string, h http.Handler) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			d.log.Warn("shut down HTTP server", zap.String("address", addr), zap.Error(err))
+		}
+	})
+	defer stop()
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve %s: %w", addr, err)
+	}
+	return nil
+}

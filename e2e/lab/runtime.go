@@ -1,0 +1,97 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// Runtime drives a node's CNI configuration through libcni, as containerd and CRI-O do.
+type Runtime struct {
+	CNI  *libcni.CNIConfig
+	List *libcni.NetworkConfigList
+}
+
+// Runtime loads the conflist the node's daemon wrote.
+func (n *Node) Runtime() (*Runtime, error) {
+	list, err := libcni.LoadNetworkConf(n.ConfDir, "nodenet")
+	if err != nil {
+		return nil, fmt.Errorf("node %s: load conflist: %w", n.Name, err)
+	}
+	return &Runtime{
+		CNI:  libcni.NewCNIConfigWithCacheDir([]string{n.CNIBinDir}, filepath.Join(n.Dir, "cni-cache"), nil),
+		List: list,
+	}, nil
+}
+
+// Pod is a network namespace standing for a pod sandbox.
+type Pod struct {
+	Name        string
+	NS          *Netns
+	ContainerID string
+	IfName      string
+	IPs         []netip.Prefix
+	Result      *types100.Result
+}
+
+// NewPod creates the pod's namespace; Runtime.Add networks it.
+func (l *Lab) NewPod(name string) (*Pod, error) {
+	ns, err := l.AddNetns(name)
+	if err != nil {
+		return nil, err
+	}
+	return &Pod{Name: name, NS: ns, ContainerID: "c-" + ns.Name, IfName: "eth0"}, nil
+}
+
+func (p *Pod) rt() *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: p.NS.Path(), IfName: p.IfName,
+		Args: [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", p.Name}}}
+}
+
+// Add runs ADD and records the pod's addresses.
+func (r *Runtime) Add(ctx context.Context, p *Pod) error {
+	res, err := r.CNI.AddNetworkList(ctx, r.List, p.rt())
+	if err != nil {
+		return err
+	}
+	res100, err := types100.NewResultFromResult(res)
+	if err != nil {
+		return fmt.Errorf("convert result: %w", err)
+	}
+	p.Result = res100
+	p.IPs = nil
+	for _, ip := range res100.IPs {
+		addr, ok := netip.AddrFromSlice(ip.Address.IP)
+		if !ok {
+			return fmt.Errorf("result address %v is not an IP", ip.Address)
+		}
+		ones, _ := ip.Address.Mask.Size()
+		p.IPs = append(p.IPs, netip.PrefixFrom(addr.Unmap(), ones))
+	}
+	return nil
+}
+
+// Del runs DEL.
+func (r *Runtime) Del(ctx context.Context, p *Pod) error { return r.CNI.DelNetworkList(ctx, r.List, p.rt()) }
+
+// Check runs CHECK.
+func (r *Runtime) Check(ctx context.Context, p *Pod) error {
+	return r.CNI.CheckNetworkList(ctx, r.List, p.rt())
+}
+
+// Status runs STATUS.
+func (r *Runtime) Status(ctx context.Context) error { return r.CNI.GetStatusNetworkList(ctx, r.List) }
+
+// GC runs GC with the given pods as the valid attachments.
+func (r *Runtime) GC(ctx context.Context, valid []*Pod) error {
+	args := &libcni.GCArgs{}
+	for _, p := range valid {
+		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.ContainerID, IfName: p.IfName})
+	}
+	return r.CNI.GCNetworkList(ctx, r.List, args)
+}
