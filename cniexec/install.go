@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/nodenet/nodenet/cniexec/wire"
 )
@@ -22,15 +23,18 @@ const ConflistName = "10-nodenet.conflist"
 // InstallShim copies the shim binary at src into binDir. The copy goes to a temporary file in the
 // same directory, is synced and then renamed over the old binary, so a runtime executing the shim
 // while it is replaced runs either the old or the new file, never a partial one. An identical
-// binary is left alone.
+// binary with mode 0755 is left alone.
 func InstallShim(src, binDir string) error {
 	data, err := os.ReadFile(src)
 	if err != nil {
 		return fmt.Errorf("read shim: %w", err)
 	}
 	dst := filepath.Join(binDir, ShimName)
-	if old, err := os.ReadFile(dst); err == nil && sha256.Sum256(old) == sha256.Sum256(data) {
-		return nil
+	// The mode counts as well: identical bytes without the execute bit fail every runtime exec.
+	if fi, err := os.Stat(dst); err == nil && fi.Mode() == 0o755 {
+		if old, err := os.ReadFile(dst); err == nil && sha256.Sum256(old) == sha256.Sum256(data) {
+			return nil
+		}
 	}
 	return writeAtomic(dst, data, 0o755)
 }
@@ -68,27 +72,14 @@ func writeAtomic(dst string, data []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".tmp-*")
+	tmp, err := writeTemp(dir, "."+filepath.Base(dst)+".tmp-*", data, mode)
+	if tmp != "" {
+		defer os.Remove(tmp) // no-op after the rename; removes the temporary file on failure
+	}
 	if err != nil {
-		return fmt.Errorf("create temporary file in %s: %w", dir, err)
+		return err
 	}
-	defer os.Remove(tmp.Name()) // no-op after the rename; removes the temporary file on failure
-	if _, err := io.Copy(tmp, bytes.NewReader(data)); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
+	if err := os.Rename(tmp, dst); err != nil {
 		return fmt.Errorf("rename into %s: %w", dst, err)
 	}
 	d, err := os.Open(dir)
@@ -100,4 +91,36 @@ func writeAtomic(dst string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// writeTemp creates a temporary file in dir holding data with mode, synced and closed. It returns
+// the file's name whenever the file was created, also with an error.
+func writeTemp(dir, pattern string, data []byte, mode os.FileMode) (string, error) {
+	// A child forked by another goroutine (os/exec) while the file is open for writing inherits
+	// the descriptor until its own execve; if the file has been renamed into place by then,
+	// executing it fails with ETXTBSY (golang/go#22315). Forks hold ForkLock for writing until
+	// their vfork child has exec'd, so holding it for reading keeps every fork away from the
+	// descriptor. It delays this process's forks by one write and fsync.
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	tmp, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return "", fmt.Errorf("create temporary file in %s: %w", dir, err)
+	}
+	if _, err := io.Copy(tmp, bytes.NewReader(data)); err != nil {
+		tmp.Close()
+		return tmp.Name(), fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return tmp.Name(), fmt.Errorf("chmod %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return tmp.Name(), fmt.Errorf("sync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return tmp.Name(), fmt.Errorf("close %s: %w", tmp.Name(), err)
+	}
+	return tmp.Name(), nil
 }

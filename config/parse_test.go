@@ -232,15 +232,17 @@ func TestParseDefaultNodeNameFromHostname(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Hostname: %v", err)
 	}
+	want := strings.ToLower(host)
 	c, err := config.Parse(nil)
 	if err != nil {
-		// The hostname is the machine's; if it is not a DNS name the daemon rightly refuses it.
-		if !strings.Contains(err.Error(), "nodeName") {
-			t.Fatalf("Parse with hostname %q: %v", host, err)
+		// The hostname is the machine's; if it is no DNS name the daemon must refuse it by name.
+		wantErr := `config: nodeName: "` + want + `" is not allowed (want a lower-case DNS name, as Kubernetes Node names are)`
+		if err.Error() != wantErr {
+			t.Fatalf("Parse with hostname %q: error %q, want nil or %q", host, err, wantErr)
 		}
 		return
 	}
-	if want := strings.ToLower(host); c.NodeName != want {
+	if c.NodeName != want {
 		t.Errorf("NodeName = %q, want %q (the lower-cased hostname)", c.NodeName, want)
 	}
 }

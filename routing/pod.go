@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -251,11 +252,8 @@ func (l *Local) configurePod(p PodNetwork, pod *podNS, host, br netlink.Link) (P
 			return PodInterfaces{}, err
 		}
 	}
-	for _, ip := range p.IPs {
-		if err := pod.nl.AddrReplace(peer, netlinkAddr(ip)); err != nil {
-			return PodInterfaces{}, fmt.Errorf("add address %s to %s: %w", ip, p.IfName, err)
-		}
-	}
+	// Links go up before the addresses are added, so the kernel activates them (see
+	// waitOperUp) while the rest is configured.
 	if peer.Attrs().Flags&net.FlagUp == 0 {
 		if err := pod.nl.LinkSetUp(peer); err != nil {
 			return PodInterfaces{}, fmt.Errorf("set %s up: %w", p.IfName, err)
@@ -270,6 +268,11 @@ func (l *Local) configurePod(p PodNetwork, pod *podNS, host, br netlink.Link) (P
 			return PodInterfaces{}, fmt.Errorf("set lo up: %w", err)
 		}
 	}
+	for _, ip := range p.IPs {
+		if err := pod.nl.AddrReplace(peer, netlinkAddr(ip)); err != nil {
+			return PodInterfaces{}, fmt.Errorf("add address %s to %s: %w", ip, p.IfName, err)
+		}
+	}
 	// Routes after the link is up: the kernel refuses a gateway it cannot reach yet.
 	for _, gw := range p.Gateways {
 		r := &netlink.Route{LinkIndex: peer.Attrs().Index, Dst: defaultDst(gw.Addr()), Gw: gw.Addr().AsSlice()}
@@ -278,18 +281,70 @@ func (l *Local) configurePod(p PodNetwork, pod *podNS, host, br netlink.Link) (P
 		}
 	}
 
-	// The host end's MAC is the kernel's choice, known only once the veth exists.
-	hostNow, err := l.nl.LinkByIndex(host.Attrs().Index)
+	links, down, err := waitOperUp([]linkRef{
+		{h: l.nl, index: host.Attrs().Index, name: p.HostVeth},
+		{h: pod.nl, index: peer.Attrs().Index, name: p.IfName},
+		{h: l.nl, index: br.Attrs().Index, name: l.cfg.Bridge},
+	})
 	if err != nil {
-		return PodInterfaces{}, fmt.Errorf("get veth %s: %w", p.HostVeth, err)
+		return PodInterfaces{}, err
+	}
+	if len(down) > 0 {
+		l.log.Warn("pod links not up yet, the pod's first packets may be lost",
+			zap.String("veth", p.HostVeth), zap.Strings("down", down))
 	}
 	l.log.Debug("attached pod", zap.String("veth", p.HostVeth), zap.String("netns", p.NetnsPath),
 		zap.Stringers("ips", p.IPs))
 	return PodInterfaces{
-		HostVeth: Interface{Name: p.HostVeth, MAC: hostNow.Attrs().HardwareAddr},
-		PodIf:    Interface{Name: p.IfName, MAC: peer.Attrs().HardwareAddr},
+		// The host end's MAC is the kernel's choice, known only once the veth exists.
+		HostVeth: Interface{Name: p.HostVeth, MAC: links[0].Attrs().HardwareAddr},
+		PodIf:    Interface{Name: p.IfName, MAC: links[1].Attrs().HardwareAddr},
 	}, nil
 }
+
+// operUpTimeout bounds waitOperUp. The kernel defers link events it does not consider urgent
+// for up to a second, so this leaves room for one such delay.
+const operUpTimeout = 2 * time.Second
+
+// linkRef names a link by index in the namespace of a handle.
+type linkRef struct {
+	h     *netlink.Handle
+	index int
+	name  string
+}
+
+// waitOperUp waits until the links are operationally up and returns them as last read, with
+// the names of those still down at the deadline. The
+// kernel turns a link's carrier on at once but activates its transmit queue later, from its
+// linkwatch worker, and drops what the link sends until then: a pod that talks straight after
+// ADD lost its first ARP request or reply about one time in ten here and stalled for a second,
+// the ARP retry. Linkwatch sets the operational state in the same step, so seeing it up means
+// the link carries traffic. A link still down at the deadline is not an error: it comes up by
+// itself, later.
+func waitOperUp(refs []linkRef) (links []netlink.Link, down []string, _ error) {
+	deadline := time.Now().Add(operUpTimeout)
+	delay := 50 * time.Microsecond
+	links = make([]netlink.Link, len(refs))
+	for {
+		down = nil
+		for i, r := range refs {
+			link, err := r.h.LinkByIndex(r.index)
+			if err != nil {
+				return nil, nil, fmt.Errorf("get %s: %w", r.name, err)
+			}
+			links[i] = link
+			if link.Attrs().OperState != netlink.OperUp {
+				down = append(down, r.name)
+			}
+		}
+		if len(down) == 0 || time.Now().After(deadline) {
+			return links, down, nil
+		}
+		time.Sleep(delay)
+		delay = min(2*delay, 10*time.Millisecond)
+	}
+}
+
 
 // podSysctls turns off router advertisements and DAD on the pod's interface: pods take their
 // routes from AttachPod, and their addresses are unique by allocation. /proc/sys has no
