@@ -68,7 +68,7 @@ func (d *daemon) runNetwork(ctx context.Context, g *errgroup.Group, reg promethe
 	if err != nil {
 		return err
 	}
-	alloc, err := ipam.Open(ipam.Config{StateDir: d.cfg.StateDir, Ranges: podCIDRs}, d.log.Named("ipam"))
+	alloc, err := ipam.Open(ipam.Config{StateDir: d.cfg.StateDir, Ranges: podCIDRs}, d.log)
 	if err != nil {
 		return fmt.Errorf("open ipam: %w", err)
 	}
@@ -92,7 +92,7 @@ func (d *daemon) runNetwork(ctx context.Context, g *errgroup.Group, reg promethe
 		Gateways:     alloc.Gateways(),
 		PodCIDRs:     podCIDRs,
 		ClusterCIDRs: d.cfg.ClusterCIDRs,
-	}, nl, nft, d.log.Named("routing"))
+	}, nl, nft, d.log)
 	if err != nil {
 		return err
 	}

@@ -4,18 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
-	watchtools "k8s.io/client-go/tools/watch"
 )
 
 // newKubeClient uses the in-cluster service account when kubeconfig is empty.
@@ -34,44 +32,76 @@ func newKubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(rc)
 }
 
+// retryInterval paces re-listing the Node after an API error or a closed watch.
+const retryInterval = time.Second
+
 // waitForPodCIDRs watches this node's Node object until the node IPAM controller (or the admin)
 // has set spec.podCIDRs: a node that joins before its range is assigned must wait, not guess.
+// API errors are retried (the apiserver may come up after the node); a malformed range is not.
 func waitForPodCIDRs(ctx context.Context, client kubernetes.Interface, nodeName string, log *zap.Logger) ([]netip.Prefix, error) {
+	nodes := client.CoreV1().Nodes()
 	selector := fields.OneTermEqualSelector("metadata.name", nodeName).String()
-	lw := &cache.ListWatch{
-		ListFunc: func(opts metav1.ListOptions) (runtime.Object, error) {
-			opts.FieldSelector = selector
-			return client.CoreV1().Nodes().List(ctx, opts)
-		},
-		WatchFunc: func(opts metav1.ListOptions) (watch.Interface, error) {
-			opts.FieldSelector = selector
-			return client.CoreV1().Nodes().Watch(ctx, opts)
-		},
-	}
-	var cidrs []netip.Prefix
-	var parseErr error
-	logged := false
-	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Node{}, nil, func(ev watch.Event) (bool, error) {
-		node, ok := ev.Object.(*corev1.Node)
-		if !ok {
-			return false, nil
-		}
-		specCIDRs := node.Spec.PodCIDRs
-		if len(specCIDRs) == 0 && node.Spec.PodCIDR != "" {
-			specCIDRs = []string{node.Spec.PodCIDR}
-		}
-		if len(specCIDRs) == 0 {
-			if !logged {
-				log.Info("waiting for the Node to get spec.podCIDRs (assigned by kube-controller-manager --allocate-node-cidrs or set by hand)", zap.String("node", nodeName))
-				logged = true
+	log.Info("waiting for the Node to have spec.podCIDRs (assigned by kube-controller-manager --allocate-node-cidrs, or set podCIDRs in the config)",
+		zap.String("node", nodeName))
+	for {
+		list, err := nodes.List(ctx, metav1.ListOptions{FieldSelector: selector})
+		if err == nil {
+			for i := range list.Items {
+				if cidrs, found, err := nodePodCIDRs(&list.Items[i]); found || err != nil {
+					return logCIDRs(log, nodeName, cidrs, err)
+				}
 			}
-			return false, nil
+			var w watch.Interface
+			w, err = nodes.Watch(ctx, metav1.ListOptions{FieldSelector: selector, ResourceVersion: list.ResourceVersion})
+			if err == nil {
+				cidrs, found, err := watchPodCIDRs(w)
+				if found || err != nil {
+					return logCIDRs(log, nodeName, cidrs, err)
+				}
+			}
 		}
-		cidrs, parseErr = parsePrefixes(specCIDRs)
-		return true, parseErr
-	})
+		if err != nil {
+			log.Warn("read Node from the API server; retrying", zap.String("node", nodeName), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for podCIDRs of node %s: %w", nodeName, ctx.Err())
+		case <-time.After(retryInterval):
+		}
+	}
+}
+
+// watchPodCIDRs consumes w until the node has podCIDRs or the watch ends.
+func watchPodCIDRs(w watch.Interface) ([]netip.Prefix, bool, error) {
+	defer w.Stop()
+	for ev := range w.ResultChan() {
+		if ev.Type != watch.Added && ev.Type != watch.Modified {
+			continue
+		}
+		if node, ok := ev.Object.(*corev1.Node); ok {
+			if cidrs, found, err := nodePodCIDRs(node); found || err != nil {
+				return cidrs, found, err
+			}
+		}
+	}
+	return nil, false, nil
+}
+
+func nodePodCIDRs(node *corev1.Node) ([]netip.Prefix, bool, error) {
+	specCIDRs := node.Spec.PodCIDRs
+	if len(specCIDRs) == 0 && node.Spec.PodCIDR != "" {
+		specCIDRs = []string{node.Spec.PodCIDR}
+	}
+	if len(specCIDRs) == 0 {
+		return nil, false, nil
+	}
+	cidrs, err := parsePrefixes(specCIDRs)
+	return cidrs, true, err
+}
+
+func logCIDRs(log *zap.Logger, nodeName string, cidrs []netip.Prefix, err error) ([]netip.Prefix, error) {
 	if err != nil {
-		return nil, fmt.Errorf("wait for podCIDRs of node %s: %w", nodeName, err)
+		return nil, fmt.Errorf("node %s: %w", nodeName, err)
 	}
 	log.Info("node podCIDRs", zap.String("node", nodeName), zap.Stringers("podCIDRs", cidrs))
 	return cidrs, nil

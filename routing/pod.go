@@ -252,8 +252,6 @@ func (l *Local) configurePod(p PodNetwork, pod *podNS, host, br netlink.Link) (P
 			return PodInterfaces{}, err
 		}
 	}
-	// Links go up before the addresses are added, so the kernel activates them (see
-	// waitOperUp) while the rest is configured.
 	if peer.Attrs().Flags&net.FlagUp == 0 {
 		if err := pod.nl.LinkSetUp(peer); err != nil {
 			return PodInterfaces{}, fmt.Errorf("set %s up: %w", p.IfName, err)
@@ -314,13 +312,15 @@ type linkRef struct {
 }
 
 // waitOperUp waits until the links are operationally up and returns them as last read, with
-// the names of those still down at the deadline. The
-// kernel turns a link's carrier on at once but activates its transmit queue later, from its
-// linkwatch worker, and drops what the link sends until then: a pod that talks straight after
-// ADD lost its first ARP request or reply about one time in ten here and stalled for a second,
-// the ARP retry. Linkwatch sets the operational state in the same step, so seeing it up means
-// the link carries traffic. A link still down at the deadline is not an error: it comes up by
-// itself, later.
+// the names of those still down at the deadline.
+//
+// The kernel turns carriers on at once but activates a link's transmit queue later, from its
+// linkwatch worker, and drops what the link sends until then. The first pod's port turns the
+// bridge's carrier on, and the bridge is only activated in a linkwatch run after the veth's:
+// without this wait the node's reply to a new pod's first ARP request was dropped in about half
+// the attempts here, and the pod stalled for a second, until its ARP retry. Linkwatch sets the
+// operational state in the same step as it activates the queue, so seeing it up means the link
+// carries traffic. A link still down at the deadline is not an error: it comes up by itself.
 func waitOperUp(refs []linkRef) (links []netlink.Link, down []string, _ error) {
 	deadline := time.Now().Add(operUpTimeout)
 	delay := 50 * time.Microsecond
@@ -344,7 +344,6 @@ func waitOperUp(refs []linkRef) (links []netlink.Link, down []string, _ error) {
 		delay = min(2*delay, 10*time.Millisecond)
 	}
 }
-
 
 // podSysctls turns off router advertisements and DAD on the pod's interface: pods take their
 // routes from AttachPod, and their addresses are unique by allocation. /proc/sys has no

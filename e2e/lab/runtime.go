@@ -77,7 +77,9 @@ func (r *Runtime) Add(ctx context.Context, p *Pod) error {
 }
 
 // Del runs DEL.
-func (r *Runtime) Del(ctx context.Context, p *Pod) error { return r.CNI.DelNetworkList(ctx, r.List, p.rt()) }
+func (r *Runtime) Del(ctx context.Context, p *Pod) error {
+	return r.CNI.DelNetworkList(ctx, r.List, p.rt())
+}
 
 // Check runs CHECK.
 func (r *Runtime) Check(ctx context.Context, p *Pod) error {
