@@ -52,6 +52,7 @@ func run(ctx context.Context, bin string) (err error) {
 		fmt.Println("all namespaces, daemons and files of the demo are removed")
 	}()
 
+	var c checks
 	section("Starting a simulated node (network namespace) running `nodenet daemon`")
 	outside, err := l.AddOutside()
 	if err != nil {
@@ -112,9 +113,9 @@ func run(ctx context.Context, bin string) (err error) {
 	test := pods["default-test"]
 	for _, target := range []string{"default-nginx", "test-nginx"} {
 		addr := pods[target].IPs[0].Addr().String()
-		report(fmt.Sprintf("ping default-test → %s (%s)", target, addr), test.NS.Ping(addr))
+		c.report(fmt.Sprintf("ping default-test → %s (%s)", target, addr), test.NS.Ping(addr))
 		body, err := httpGet(ctx, test, addr)
-		report(fmt.Sprintf("curl http://%s/ from default-test → %q", addr, body), err)
+		c.report(fmt.Sprintf("curl http://%s/ from default-test → %q", addr, body), err)
 	}
 
 	section("Pod to the world outside the cluster (masqueraded to the node address)")
@@ -124,16 +125,19 @@ func run(ctx context.Context, bin string) (err error) {
 	}
 	defer stopOut()
 	seen, err := test.NS.AskRemoteAddr(ctx, net.JoinHostPort(lab.OutsideAddr, "8081"))
-	report(fmt.Sprintf("default-test (%s) → %s: the outside host sees source %s", test.IPs[0].Addr(), lab.OutsideAddr, seen), err)
+	c.report(fmt.Sprintf("default-test (%s) → %s: the outside host sees source %s", test.IPs[0].Addr(), lab.OutsideAddr, seen), err)
 	if out, err := node.NS.Run("nft", "list", "table", "inet", "nodenet"); err == nil {
 		fmt.Print("\nnftables on the node (nodenet's own table):\n", out)
 	}
 
 	section("Deleting the pods (CNI DEL)")
 	for _, name := range []string{"default-nginx", "default-test", "test-nginx"} {
-		report("DEL "+name, rt.Del(ctx, pods[name]))
+		c.report("DEL "+name, rt.Del(ctx, pods[name]))
 	}
 	fmt.Println("\nServices (ClusterIP, NodePort), DNS and several nodes join this demo as those issues land.")
+	if c.failed > 0 {
+		return fmt.Errorf("%d checks failed", c.failed)
+	}
 	return nil
 }
 
@@ -170,8 +174,12 @@ func httpGet(ctx context.Context, from *lab.Pod, addr string) (string, error) {
 
 func section(title string) { fmt.Printf("\n=== %s\n", title) }
 
-func report(what string, err error) {
+// checks counts what the demo showed failing, so `make demo` exits non-zero when nodenet is broken.
+type checks struct{ failed int }
+
+func (c *checks) report(what string, err error) {
 	if err != nil {
+		c.failed++
 		fmt.Printf("FAIL %s: %v\n", what, err)
 		return
 	}
