@@ -50,8 +50,10 @@ test-e2e: deps build
 demo: deps build
 	$(GO) run ./hack/demo --bin $(CURDIR)/$(BIN)
 
+# CNI benchmark of issue 2 against the reference plugins, side by side (bench/RESULTS.md);
+# e.g. make bench BENCH_FLAGS=--rounds=5
 bench: deps build
-	$(GO) run ./bench/cni --bin $(CURDIR)/$(BIN)
+	$(GO) run ./bench/cni --bin $(CURDIR)/$(BIN) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -12,6 +12,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/nodenet/nodenet/cniexec/wire"
 	"github.com/nodenet/nodenet/ipam"
@@ -26,7 +27,9 @@ type netConf struct {
 	LogFile string `json:"logFile,omitempty"`
 }
 
-func (s *Server) handle(req wire.Request) wire.Response {
+// handle runs one command. netns is the pod's network namespace as the shim opened it, or nil
+// (DEL of a vanished pod, or a client that sent only the path).
+func (s *Server) handle(req wire.Request, netns *os.File) wire.Response {
 	var conf netConf
 	if err := json.Unmarshal(req.Config, &conf); err != nil {
 		return errResponse("", wire.CodeDecodeFailure, "network configuration is not valid JSON", err.Error())
@@ -43,11 +46,11 @@ func (s *Server) handle(req wire.Request) wire.Response {
 	var resp wire.Response
 	switch req.Command {
 	case "ADD":
-		resp = s.add(req, &conf, log)
+		resp = s.add(req, netns, &conf, log)
 	case "DEL":
 		resp = s.del(req, &conf, log)
 	case "CHECK":
-		resp = s.check(req, &conf)
+		resp = s.check(req, netns, &conf)
 	case "STATUS":
 		resp = s.status(&conf)
 	case "GC":
@@ -62,9 +65,10 @@ func (s *Server) handle(req wire.Request) wire.Response {
 	return resp
 }
 
-func (s *Server) add(req wire.Request, conf *netConf, log *zap.Logger) wire.Response {
-	if resp, ok := s.checkNetns(req.Netns, conf.CNIVersion); !ok {
-		return resp
+func (s *Server) add(req wire.Request, netns *os.File, conf *netConf, log *zap.Logger) wire.Response {
+	nsPath, errResp := s.netnsPath(req.Netns, netns, conf.CNIVersion)
+	if errResp != nil {
+		return *errResp
 	}
 	lock := s.lockContainer(req.ContainerID)
 	lock.Lock()
@@ -83,7 +87,7 @@ func (s *Server) add(req wire.Request, conf *netConf, log *zap.Logger) wire.Resp
 		return errResponse(conf.CNIVersion, wire.CodeInvalidEnvironment, "container already has this interface in another network namespace",
 			fmt.Sprintf("allocated for %s, asked for %s; DEL it first", alloc.Netns, req.Netns))
 	}
-	pod := s.podNetwork(req.ContainerID, req.IfName, req.Netns, alloc.IPs)
+	pod := s.podNetwork(req.ContainerID, req.IfName, nsPath, alloc.IPs)
 	ifaces, err := s.pods.AttachPod(pod)
 	if err != nil {
 		// Nothing of a failed ADD may stay behind: the runtime will not DEL a pod it never got.
@@ -129,9 +133,10 @@ func (s *Server) release(containerID, ifName string) error {
 	return err
 }
 
-func (s *Server) check(req wire.Request, conf *netConf) wire.Response {
-	if resp, ok := s.checkNetns(req.Netns, conf.CNIVersion); !ok {
-		return resp
+func (s *Server) check(req wire.Request, netns *os.File, conf *netConf) wire.Response {
+	nsPath, errResp := s.netnsPath(req.Netns, netns, conf.CNIVersion)
+	if errResp != nil {
+		return *errResp
 	}
 	lock := s.lockContainer(req.ContainerID)
 	lock.Lock()
@@ -144,7 +149,7 @@ func (s *Server) check(req wire.Request, conf *netConf) wire.Response {
 	if err := checkPrevResult(conf, alloc.IPs); err != nil {
 		return errResponse(conf.CNIVersion, wire.CodeInvalidConfig, "prevResult does not match the allocation", err.Error())
 	}
-	if err := s.pods.CheckPod(s.podNetwork(req.ContainerID, req.IfName, req.Netns, alloc.IPs)); err != nil {
+	if err := s.pods.CheckPod(s.podNetwork(req.ContainerID, req.IfName, nsPath, alloc.IPs)); err != nil {
 		return errResponse(conf.CNIVersion, wire.CodeInternal, "pod network is broken", err.Error())
 	}
 	return wire.Response{}
@@ -184,13 +189,45 @@ func (s *Server) gc(conf *netConf, log *zap.Logger) wire.Response {
 	return wire.Response{}
 }
 
-// checkNetns turns a missing or non-namespace path into a clear environment error before any
-// state is touched.
-func (s *Server) checkNetns(path, cniVersion string) (wire.Response, bool) {
-	if _, err := os.Stat(path); err != nil {
-		return errResponse(cniVersion, wire.CodeInvalidEnvironment, "CNI_NETNS is not usable", err.Error()), false
+// netnsPath returns a path through which the daemon reaches the pod's network namespace, after
+// checking it is one: the descriptor the shim sent (valid whatever mount and PID namespace the
+// daemon runs in), else the runtime's path. A bad namespace is a clear environment error before
+// any state is touched.
+func (s *Server) netnsPath(path string, netns *os.File, cniVersion string) (string, *wire.Response) {
+	bad := func(details string) (string, *wire.Response) {
+		r := errResponse(cniVersion, wire.CodeInvalidEnvironment, "CNI_NETNS is not usable", details)
+		return "", &r
 	}
-	return wire.Response{}, true
+	if netns != nil {
+		if err := checkNetnsFD(netns, path); err != nil {
+			return bad(err.Error())
+		}
+		return fmt.Sprintf("/proc/self/fd/%d", netns.Fd()), nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return bad(err.Error())
+	}
+	defer f.Close()
+	if err := checkNetnsFD(f, path); err != nil {
+		return bad(err.Error())
+	}
+	return path, nil
+}
+
+// checkNetnsFD verifies f is a network namespace (not a regular file, not another namespace kind).
+func checkNetnsFD(f *os.File, path string) error {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if st.Type != unix.NSFS_MAGIC {
+		return fmt.Errorf("%s is not a namespace", path)
+	}
+	if kind, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE); err != nil || kind != unix.CLONE_NEWNET {
+		return fmt.Errorf("%s is not a network namespace", path)
+	}
+	return nil
 }
 
 func (s *Server) podNetwork(containerID, ifName, netns string, ips []netip.Prefix) routing.PodNetwork {

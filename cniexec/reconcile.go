@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"go.uber.org/zap"
 
@@ -18,7 +19,7 @@ func (s *Server) Reconcile() error {
 	var errs []error
 	owned := map[string]bool{}
 	for _, a := range s.ipam.List() {
-		if _, err := os.Stat(a.Netns); err == nil || !errors.Is(err, os.ErrNotExist) {
+		if !netnsGone(a.Netns) {
 			owned[routing.HostVethName(a.ContainerID, a.IfName)] = true
 			continue
 		}
@@ -44,4 +45,16 @@ func (s *Server) Reconcile() error {
 		s.log.Info("removed veth without allocation", zap.String("hostVeth", v))
 	}
 	return errors.Join(errs...)
+}
+
+// netnsGone reports whether the namespace at path certainly no longer exists: the file is missing
+// while its directory is visible. When the directory itself is not visible (the runtime's netns
+// directory is not mounted into the daemon's container) nothing can be concluded, and releasing
+// live pods' addresses on such a guess would be far worse than keeping a stale one until GC.
+func netnsGone(path string) bool {
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	_, err := os.Stat(filepath.Dir(path))
+	return err == nil
 }

@@ -4,6 +4,7 @@
 package cniexec
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -147,16 +148,58 @@ func (s *Server) serve(conn *net.UnixConn) {
 		s.reply(conn, wire.Response{Error: &wire.Error{Code: wire.CodeInvalidEnvironment, Msg: "permission denied", Details: err.Error()}})
 		return
 	}
-	var req wire.Request
-	dec := json.NewDecoder(io.LimitReader(conn, 2*wire.MaxRequestBytes))
-	if err := dec.Decode(&req); err != nil {
+	req, netns, err := readRequest(conn)
+	if netns != nil {
+		defer netns.Close()
+	}
+	if err != nil {
 		s.reply(conn, wire.Response{Error: &wire.Error{Code: wire.CodeDecodeFailure, Msg: "decode shim request", Details: err.Error()}})
 		return
 	}
 	start := time.Now()
-	resp := s.handle(req)
+	resp := s.handle(req, netns)
 	s.metrics.observe(req.Command, resp.Error, time.Since(start))
 	s.reply(conn, resp)
+}
+
+// readRequest reads one request and the network namespace descriptor the shim may have attached
+// to its first bytes. Descriptors beyond the one expected are closed at once.
+func readRequest(conn *net.UnixConn) (wire.Request, *os.File, error) {
+	var req wire.Request
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return req, nil, err
+	}
+	var netns *os.File
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return req, nil, fmt.Errorf("parse control message: %w", err)
+		}
+		for _, m := range msgs {
+			fds, err := unix.ParseUnixRights(&m)
+			if err != nil {
+				continue
+			}
+			for _, fd := range fds {
+				if netns == nil {
+					netns = os.NewFile(uintptr(fd), "netns")
+				} else {
+					unix.Close(fd)
+				}
+			}
+		}
+	}
+	rest := io.LimitReader(conn, 2*wire.MaxRequestBytes)
+	if err := json.NewDecoder(io.MultiReader(bytes.NewReader(buf[:n]), rest)).Decode(&req); err != nil {
+		return req, netns, err
+	}
+	if req.NetnsFD && netns == nil {
+		return req, nil, errors.New("request announces a network namespace descriptor but carries none")
+	}
+	return req, netns, nil
 }
 
 func (s *Server) reply(conn net.Conn, resp wire.Response) {

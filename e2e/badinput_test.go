@@ -54,6 +54,8 @@ func TestBadInput(t *testing.T) {
 		{"unsupported cniVersion", env("ADD"), bytes.Replace(conf, []byte(`"1.1.0"`), []byte(`"0.2.0"`), 1), 1, `cniVersion "0.2.0" is not supported`},
 		{"10 MB of stdin", env("ADD"), append(bytes.TrimSuffix(conf, []byte("}")), []byte(`,"pad":"`+strings.Repeat("x", 10<<20)+`"}`)...), 7, "too large"},
 		{"netns does not exist", map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad-2", "CNI_NETNS": "/run/netns/nodenet-no-such-ns", "CNI_IFNAME": "eth0"}, conf, 4, "CNI_NETNS is not usable"},
+		{"netns is a regular file", map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad-3", "CNI_NETNS": node.ConfigPath, "CNI_IFNAME": "eth0"}, conf, 4, "is not a namespace"},
+		{"netns is a mount namespace", map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad-4", "CNI_NETNS": "/proc/self/ns/mnt", "CNI_IFNAME": "eth0"}, conf, 4, "is not a network namespace"},
 		{"daemon not running", env("ADD"), downConf, 11, "not reachable"},
 		{"daemon not running, STATUS", env("STATUS"), downConf, 50, "not reachable"},
 		{"CHECK of an unknown container", env("CHECK"), conf, 3, "unknown container"},

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/nodenet/nodenet/cniexec/wire"
@@ -89,11 +90,20 @@ func run(env Env, stdin io.Reader) (wire.Response, string) {
 		e.CNIVersion = conf.CNIVersion
 		return wire.Response{Error: e}, conf.LogFile
 	}
+	netns, e := openNetns(req)
+	if e != nil {
+		e.CNIVersion = conf.CNIVersion
+		return wire.Response{Error: e}, conf.LogFile
+	}
+	if netns != nil {
+		defer netns.Close()
+		req.NetnsFD = true
+	}
 	socket := conf.Socket
 	if socket == "" {
 		socket = wire.DefaultSocket
 	}
-	resp, err := exchange(socket, req)
+	resp, err := exchange(socket, req, netns)
 	if err != nil {
 		code := uint(wire.CodeTryAgainLater)
 		if cmd == "STATUS" {
@@ -130,16 +140,52 @@ func checkEnv(req wire.Request) *wire.Error {
 	return nil
 }
 
-func exchange(socket string, req wire.Request) (wire.Response, error) {
-	conn, err := net.DialTimeout("unix", socket, dialTimeout)
+// openNetns opens the pod's network namespace so its descriptor can travel with the request: the
+// daemon then needs neither the runtime's mount namespace (CNI_NETNS may live under a path the
+// daemon's container does not see) nor its PID namespace (/proc/PID/ns/net paths). ADD and CHECK
+// need it; DEL goes on without it because the namespace may be gone already.
+func openNetns(req wire.Request) (*os.File, *wire.Error) {
+	if req.Netns == "" || (req.Command != "ADD" && req.Command != "CHECK" && req.Command != "DEL") {
+		return nil, nil
+	}
+	f, err := os.Open(req.Netns)
+	if err != nil {
+		if req.Command == "DEL" {
+			return nil, nil
+		}
+		return nil, &wire.Error{Code: wire.CodeInvalidEnvironment, Msg: "CNI_NETNS is not usable", Details: err.Error()}
+	}
+	return f, nil
+}
+
+func exchange(socket string, req wire.Request, netns *os.File) (wire.Response, error) {
+	c, err := net.DialTimeout("unix", socket, dialTimeout)
 	if err != nil {
 		return wire.Response{}, err
 	}
+	conn := c.(*net.UnixConn)
 	defer conn.Close()
 	if err := conn.SetDeadline(time.Now().Add(exchangeTimeout)); err != nil {
 		return wire.Response{}, err
 	}
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return wire.Response{}, fmt.Errorf("encode request: %w", err)
+	}
+	var rights []byte
+	if netns != nil {
+		rights = syscall.UnixRights(int(netns.Fd()))
+	}
+	// One sendmsg carries the descriptor with the first bytes; a stream socket may take less
+	// than all of a large request, so the rest follows as plain writes.
+	n, _, err := conn.WriteMsgUnix(data, rights, nil)
+	if err == nil && n < len(data) {
+		_, err = conn.Write(data[n:])
+	}
+	if err != nil {
+		return wire.Response{}, fmt.Errorf("send request: %w", err)
+	}
+	if err := conn.CloseWrite(); err != nil {
 		return wire.Response{}, fmt.Errorf("send request: %w", err)
 	}
 	var resp wire.Response

@@ -75,7 +75,7 @@ func addEnv(cmd string) map[string]string {
 	return map[string]string{
 		"CNI_COMMAND":     cmd,
 		"CNI_CONTAINERID": "c0ffee",
-		"CNI_NETNS":       "/var/run/netns/pod-a",
+		"CNI_NETNS":       "/proc/self/ns/net",
 		"CNI_IFNAME":      "eth0",
 		"CNI_PATH":        "/opt/cni/bin",
 	}
@@ -348,7 +348,7 @@ func TestDaemonUnreachable(t *testing.T) {
 
 func TestForwardsToDaemon(t *testing.T) {
 	// Whitespace and characters encoding/json would escape prove the result is not re-encoded.
-	const result = `{ "cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/var/run/netns/pod-a"}],
+	const result = `{ "cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/proc/self/ns/net"}],
   "ips": [{"address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 0}], "dns": {"search": ["a<b>&c"]} }`
 	tests := []struct {
 		name       string
@@ -361,7 +361,7 @@ func TestForwardsToDaemon(t *testing.T) {
 		{
 			name: "ADD result printed verbatim",
 			env: map[string]string{
-				"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": "/var/run/netns/pod-a",
+				"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": "/proc/self/ns/net",
 				"CNI_IFNAME": "eth0", "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
 				"CNI_PATH": "/opt/cni/bin:/usr/lib/cni", "HOME": "/root",
 			},
@@ -439,6 +439,7 @@ func TestForwardsToDaemon(t *testing.T) {
 				IfName:      tt.env["CNI_IFNAME"],
 				Args:        tt.env["CNI_ARGS"],
 				Path:        tt.env["CNI_PATH"],
+				NetnsFD:     tt.env["CNI_NETNS"] != "",
 				Config:      json.RawMessage(stdin),
 			}}
 			conns, got := d.requests()
@@ -619,4 +620,25 @@ func readLogLines(t *testing.T, path string) []string {
 		lines = append(lines, rest)
 	}
 	return lines
+}
+
+// TestNetnsOpenedByShim: the shim opens CNI_NETNS itself (its descriptor travels to the daemon),
+// so a path that does not exist fails ADD at once, while DEL of a vanished pod still reaches the
+// daemon without a descriptor.
+func TestNetnsOpenedByShim(t *testing.T) {
+	d := startDaemon(t, `{}`)
+	conf := netConf("1.0.0", d.socket, "")
+	env := addEnv("ADD")
+	env["CNI_NETNS"] = filepath.Join(t.TempDir(), "gone")
+	code, stdout := run(env, conf)
+	if e := decodeError(t, stdout); code != 1 || e.Code != wire.CodeInvalidEnvironment || !strings.Contains(e.Details, "gone") {
+		t.Errorf("ADD with a missing netns: exit %d, %+v; want code 4 naming the path", code, e)
+	}
+	env["CNI_COMMAND"] = "DEL"
+	if code, stdout := run(env, conf); code != 0 {
+		t.Errorf("DEL with a missing netns: exit %d %s, want success", code, stdout)
+	}
+	if _, reqs := d.requests(); len(reqs) != 1 || reqs[0].Command != "DEL" || reqs[0].NetnsFD {
+		t.Errorf("daemon requests = %+v, want one DEL without a descriptor", reqs)
+	}
 }

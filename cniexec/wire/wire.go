@@ -30,13 +30,15 @@ const (
 
 // Request carries the CNI_* environment and stdin of one shim invocation.
 type Request struct {
-	Command     string          `json:"command"`
-	ContainerID string          `json:"containerID,omitempty"`
-	Netns       string          `json:"netns,omitempty"`
-	IfName      string          `json:"ifName,omitempty"`
-	Args        string          `json:"args,omitempty"`
-	Path        string          `json:"path,omitempty"`
-	Config      json.RawMessage `json:"config"`
+	Command     string `json:"command"`
+	ContainerID string `json:"containerID,omitempty"`
+	Netns       string `json:"netns,omitempty"`
+	IfName      string `json:"ifName,omitempty"`
+	Args        string `json:"args,omitempty"`
+	Path        string `json:"path,omitempty"`
+	// NetnsFD says the shim sent an open descriptor of CNI_NETNS with the request (SCM_RIGHTS).
+	NetnsFD bool            `json:"netnsFD,omitempty"`
+	Config  json.RawMessage `json:"config"`
 }
 
 // Response is either the CNI result to print or a CNI error.
