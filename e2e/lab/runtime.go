@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 )
 
 // Runtime drives a node's CNI configuration through libcni, as containerd and CRI-O do.
@@ -24,7 +27,10 @@ func (n *Node) Runtime() (*Runtime, error) {
 		return nil, fmt.Errorf("node %s: load conflist: %w", n.Name, err)
 	}
 	return &Runtime{
-		CNI:  libcni.NewCNIConfigWithCacheDir([]string{n.CNIBinDir}, filepath.Join(n.Dir, "cni-cache"), nil),
+		// An explicit Exec: libcni creates its default one lazily, racing when several ADDs of one
+		// CNIConfig run at once, as a runtime's do.
+		CNI: libcni.NewCNIConfigWithCacheDir([]string{n.CNIBinDir}, filepath.Join(n.Dir, "cni-cache"),
+			&invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}),
 		List: list,
 	}, nil
 }
