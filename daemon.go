@@ -52,7 +52,7 @@ func (d *daemon) run(ctx context.Context) error {
 	g.Go(func() error {
 		return d.serveHTTP(ctx, d.cfg.Metrics.Address, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	})
-	g.Go(func() error { return d.runNetwork(ctx, g, reg) })
+	g.Go(func() error { return d.runNetwork(ctx, reg) })
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -63,7 +63,7 @@ func (d *daemon) run(ctx context.Context) error {
 
 // runNetwork brings up pod networking: podCIDRs, IPAM, bridge, reconciliation, the CNI socket,
 // and finally the shim and conflist that tell the runtime nodenet is ready.
-func (d *daemon) runNetwork(ctx context.Context, g *errgroup.Group, reg prometheus.Registerer) error {
+func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) error {
 	podCIDRs, err := d.podCIDRs(ctx)
 	if err != nil {
 		return err
@@ -72,16 +72,17 @@ func (d *daemon) runNetwork(ctx context.Context, g *errgroup.Group, reg promethe
 	if err != nil {
 		return fmt.Errorf("open ipam: %w", err)
 	}
-	context.AfterFunc(ctx, func() {
+	// Closed only after the CNI server has finished its requests in flight (deferred below it).
+	defer func() {
 		if err := alloc.Close(); err != nil {
 			d.log.Warn("close ipam", zap.Error(err))
 		}
-	})
+	}()
 	nl, err := netlink.NewHandle()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
-	context.AfterFunc(ctx, nl.Close)
+	defer nl.Close()
 	nft, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("open nftables: %w", err)
@@ -106,7 +107,13 @@ func (d *daemon) runNetwork(ctx context.Context, g *errgroup.Group, reg promethe
 	if err != nil {
 		return err
 	}
-	g.Go(func() error { return srv.Run(ctx) })
+	srvCtx, stopServer := context.WithCancel(ctx)
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Run(srvCtx) }()
+	defer func() {
+		stopServer()
+		<-srvDone
+	}()
 	if err := srv.Reconcile(); err != nil {
 		// A leftover that cannot be removed now is retried on the next start; it must not keep
 		// every new pod on this node from starting.
@@ -125,6 +132,9 @@ func (d *daemon) runNetwork(ctx context.Context, g *errgroup.Group, reg promethe
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case err := <-srvDone:
+			srvDone <- err // for the deferred wait
+			return fmt.Errorf("cni server: %w", err)
 		case <-ticker.C:
 			if _, err := local.Ensure(); err != nil {
 				d.log.Error("re-ensure node network", zap.Error(err))
