@@ -16,6 +16,14 @@ import (
 // network namespace is gone (a DEL that never reached us, or an ADD cut short by a crash after the
 // pod was removed) and removes veths that belong to no allocation.
 func (s *Server) Reconcile() error {
+	// The server already answers the shim while this runs (a runtime that still has the previous
+	// daemon's conflist sends ADDs at once), so every container lock is held, in index order, for
+	// the whole comparison. Without them a pod whose ADD allocated after List and attached before
+	// PodVeths has its fresh veth taken for an orphan and removed.
+	for i := range s.locks {
+		s.locks[i].Lock()
+		defer s.locks[i].Unlock()
+	}
 	var errs []error
 	owned := map[string]bool{}
 	for _, a := range s.ipam.List() {

@@ -63,6 +63,9 @@ type Config struct {
 // goroutine forever.
 const connTimeout = 3 * time.Minute
 
+// requestReadTimeout bounds how long a client may take to send its request.
+const requestReadTimeout = 10 * time.Second
+
 // containerLocks serialises commands for one container without a global lock: ADD, CHECK and DEL
 // of different containers run in parallel.
 const containerLocks = 64
@@ -89,8 +92,15 @@ func New(cfg Config, alloc Allocator, pods Plumber, metrics *Metrics, log *zap.L
 	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o750); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
-	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale socket: %w", err)
+	// Only a socket is replaced: a regular file or directory at that path is a configuration
+	// mistake to report, not something to delete.
+	if st, err := os.Lstat(cfg.Socket); err == nil {
+		if st.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("socket path %s exists and is not a socket", cfg.Socket)
+		}
+		if err := os.Remove(cfg.Socket); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
 	}
 	// The socket is created under a restrictive umask so there is no window in which another
 	// user could connect before the chmod.
@@ -117,6 +127,9 @@ func (s *Server) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.listener.Close() })
 	defer stop()
 	defer wg.Wait()
+	// Also on an accept error: clients must fail fast ("try again later"), not queue on a socket
+	// nobody serves. Closing twice after cancellation is harmless.
+	defer s.listener.Close()
 	for {
 		conn, err := s.listener.Accept()
 		if err != nil {
@@ -139,7 +152,9 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) serve(conn *net.UnixConn) {
 	defer conn.Close()
-	if err := conn.SetDeadline(time.Now().Add(connTimeout)); err != nil {
+	// The shim writes its request at once: a client that sends nothing is cut off quickly, so it
+	// cannot hold up a shutdown. Handling the request may then take up to connTimeout.
+	if err := conn.SetDeadline(time.Now().Add(requestReadTimeout)); err != nil {
 		s.log.Warn("set deadline on shim connection", zap.Error(err))
 		return
 	}
@@ -153,7 +168,13 @@ func (s *Server) serve(conn *net.UnixConn) {
 		defer netns.Close()
 	}
 	if err != nil {
-		s.reply(conn, wire.Response{Error: &wire.Error{Code: wire.CodeDecodeFailure, Msg: "decode shim request", Details: err.Error()}})
+		e := &wire.Error{Code: wire.CodeDecodeFailure, Msg: "decode shim request", Details: err.Error()}
+		s.metrics.observe("", e, 0)
+		s.reply(conn, wire.Response{Error: e})
+		return
+	}
+	if err := conn.SetDeadline(time.Now().Add(connTimeout)); err != nil {
+		s.log.Warn("set deadline on shim connection", zap.Error(err))
 		return
 	}
 	start := time.Now()
