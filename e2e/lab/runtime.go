@@ -56,7 +56,9 @@ func (l *Lab) NewPod(name string) (*Pod, error) {
 
 func (p *Pod) rt() *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: p.NS.Path(), IfName: p.IfName,
-		Args: [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", p.Name}}}
+		// As containerd and CRI-O send them: IgnoreUnknown lets plugins that do not know the
+		// K8S_* keys accept them.
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", p.Name}}}
 }
 
 // Add runs ADD and records the pod's addresses.

@@ -1,0 +1,190 @@
+// Package hub is the daemon's one view of the cluster: a single shared informer factory whose
+// event handlers only record that something changed and poke the components that care. The
+// components then read consistent snapshots from the informers' caches. Each component owns its
+// goroutine; the hub never calls into them.
+package hub
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// VTEPMACAnnotation is where each daemon publishes the MAC of its VXLAN device on its own Node,
+// so peers can build their forwarding entries towards it.
+const VTEPMACAnnotation = "nodenet.dev/vtep-mac"
+
+// Node is what the components need of a Node object.
+type Node struct {
+	Name        string
+	InternalIPs []netip.Addr // status.addresses of type InternalIP, in the order the kubelet gave them
+	PodCIDRs    []netip.Prefix
+	VTEPMAC     net.HardwareAddr
+}
+
+// Hub starts the informers and fans change notifications out to subscribers.
+type Hub struct {
+	factory informers.SharedInformerFactory
+	nodes   corelisters.NodeLister
+	synced  []cache.InformerSynced
+	log     *zap.Logger
+
+	mu          sync.Mutex
+	subscribers []chan struct{}
+}
+
+// New builds the informers; Run starts them.
+func New(client kubernetes.Interface, log *zap.Logger) (*Hub, error) {
+	// No periodic resync: components resync the kernel on their own timers, and a resync of the
+	// informers would only replay unchanged objects.
+	factory := informers.NewSharedInformerFactory(client, 0)
+	h := &Hub{factory: factory, log: log.Named("hub")}
+	nodeInformer := factory.Core().V1().Nodes()
+	if err := nodeInformer.Informer().SetTransform(stripNode); err != nil {
+		return nil, fmt.Errorf("set node transform: %w", err)
+	}
+	if _, err := nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { h.poke() },
+		UpdateFunc: func(old, cur any) { h.nodeUpdated(old, cur) },
+		DeleteFunc: func(any) { h.poke() },
+	}); err != nil {
+		return nil, fmt.Errorf("add node handler: %w", err)
+	}
+	h.nodes = nodeInformer.Lister()
+	h.synced = append(h.synced, nodeInformer.Informer().HasSynced)
+	return h, nil
+}
+
+// Subscribe returns a channel that receives a value after every change of interest. It has a
+// buffer of one and sends never block: a subscriber that is busy sees one pending notification
+// however many changes happened meanwhile, and then reads the current state. The hub never closes
+// it; subscribers stop reading when their context ends.
+func (h *Hub) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	h.mu.Lock()
+	h.subscribers = append(h.subscribers, ch)
+	h.mu.Unlock()
+	return ch
+}
+
+func (h *Hub) poke() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, ch := range h.subscribers {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// nodeUpdated ignores the kubelet's heartbeat-only updates (conditions, images), which would
+// otherwise wake every component every few seconds on every node of a large cluster.
+func (h *Hub) nodeUpdated(old, cur any) {
+	o, ok1 := old.(*corev1.Node)
+	c, ok2 := cur.(*corev1.Node)
+	if ok1 && ok2 && nodeEqual(toNode(o), toNode(c)) {
+		return
+	}
+	h.poke()
+}
+
+// Run starts the informers, waits for their caches and blocks until ctx ends.
+func (h *Hub) Run(ctx context.Context) error {
+	h.factory.Start(ctx.Done())
+	defer h.factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), h.synced...) {
+		return nil // stopped before the caches filled: a shutdown, not a failure
+	}
+	h.log.Info("informer caches synced")
+	h.poke()
+	<-ctx.Done()
+	return nil
+}
+
+// WaitForSync blocks until the caches are filled or ctx ends.
+func (h *Hub) WaitForSync(ctx context.Context) error {
+	if !cache.WaitForCacheSync(ctx.Done(), h.synced...) {
+		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
+	}
+	return nil
+}
+
+// Nodes returns every Node, sorted by name.
+func (h *Hub) Nodes() ([]Node, error) {
+	objs, err := h.nodes.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Node, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, toNode(o))
+	}
+	slices.SortFunc(out, func(a, b Node) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+func toNode(o *corev1.Node) Node {
+	n := Node{Name: o.Name}
+	for _, a := range o.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			n.InternalIPs = append(n.InternalIPs, ip.Unmap())
+		}
+	}
+	cidrs := o.Spec.PodCIDRs
+	if len(cidrs) == 0 && o.Spec.PodCIDR != "" {
+		cidrs = []string{o.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			n.PodCIDRs = append(n.PodCIDRs, p.Masked())
+		}
+	}
+	if mac, err := net.ParseMAC(o.Annotations[VTEPMACAnnotation]); err == nil {
+		n.VTEPMAC = mac
+	}
+	return n
+}
+
+func nodeEqual(a, b Node) bool {
+	return a.Name == b.Name && slices.Equal(a.InternalIPs, b.InternalIPs) &&
+		slices.Equal(a.PodCIDRs, b.PodCIDRs) && a.VTEPMAC.String() == b.VTEPMAC.String()
+}
+
+// stripNode keeps what toNode reads and the annotations: a Node's managed fields, images and
+// conditions are most of its size, and a daemon caches every Node of the cluster.
+func stripNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	n.ManagedFields = nil
+	n.Status.Images = nil
+	n.Status.Conditions = nil
+	n.Status.VolumesAttached = nil
+	n.Status.VolumesInUse = nil
+	return n, nil
+}
+
