@@ -18,9 +18,11 @@ import (
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodenet/nodenet/cniexec"
 	"github.com/nodenet/nodenet/config"
+	"github.com/nodenet/nodenet/hub"
 	"github.com/nodenet/nodenet/ipam"
 	"github.com/nodenet/nodenet/routing"
 )
@@ -61,10 +63,19 @@ func (d *daemon) run(ctx context.Context) error {
 	return err
 }
 
-// runNetwork brings up pod networking: podCIDRs, IPAM, bridge, reconciliation, the CNI socket,
-// and finally the shim and conflist that tell the runtime nodenet is ready.
+// runNetwork brings up the node's network: podCIDRs, IPAM, routes to other nodes, the bridge,
+// reconciliation, the CNI socket, and finally the shim and conflist that tell the runtime nodenet
+// is ready. Long-running parts run in bg; everything opened here is closed only after bg has
+// stopped, so no request or sync runs on a closed handle.
 func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) error {
-	podCIDRs, err := d.podCIDRs(ctx)
+	var client kubernetes.Interface
+	if !d.cfg.Standalone() {
+		var err error
+		if client, err = newKubeClient(d.cfg.Kubeconfig); err != nil {
+			return err
+		}
+	}
+	podCIDRs, err := d.podCIDRs(ctx, client)
 	if err != nil {
 		return err
 	}
@@ -72,7 +83,6 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	if err != nil {
 		return fmt.Errorf("open ipam: %w", err)
 	}
-	// Closed only after the CNI server has finished its requests in flight (deferred below it).
 	defer func() {
 		if err := alloc.Close(); err != nil {
 			d.log.Warn("close ipam", zap.Error(err))
@@ -87,9 +97,28 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	if err != nil {
 		return fmt.Errorf("open nftables: %w", err)
 	}
+
+	bg, bgCtx := errgroup.WithContext(ctx)
+	defer func() {
+		// Runs before the deferred closes above: stop and wait for every background part.
+		if err := bg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+			d.log.Warn("background part stopped", zap.Error(err))
+		}
+	}()
+	bgRun, cancelBG := context.WithCancel(bgCtx)
+	defer cancelBG()
+
+	mtu := d.cfg.CNI.MTU
+	if client != nil {
+		vtep, err := d.startRouting(bgRun, bg, client, nl, podCIDRs)
+		if err != nil {
+			return err
+		}
+		mtu = podMTU(d.cfg, vtep)
+	}
 	local, err := routing.NewLocal(routing.LocalConfig{
 		Bridge:       d.cfg.CNI.Bridge,
-		MTU:          d.cfg.CNI.MTU,
+		MTU:          mtu,
 		Gateways:     alloc.Gateways(),
 		PodCIDRs:     podCIDRs,
 		ClusterCIDRs: d.cfg.ClusterCIDRs,
@@ -107,13 +136,7 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	if err != nil {
 		return err
 	}
-	srvCtx, stopServer := context.WithCancel(ctx)
-	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Run(srvCtx) }()
-	defer func() {
-		stopServer()
-		<-srvDone
-	}()
+	bg.Go(func() error { return srv.Run(bgRun) })
 	if err := srv.Reconcile(); err != nil {
 		// A leftover that cannot be removed now is retried on the next start; it must not keep
 		// every new pod on this node from starting.
@@ -130,17 +153,45 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	defer ticker.Stop()
 	for {
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-srvDone:
-			srvDone <- err // for the deferred wait
-			return fmt.Errorf("cni server: %w", err)
+		case <-bgRun.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return bg.Wait()
 		case <-ticker.C:
 			if _, err := local.Ensure(); err != nil {
 				d.log.Error("re-ensure node network", zap.Error(err))
 			}
 		}
 	}
+}
+
+// startRouting sets up the routes to other nodes' pods: the VXLAN device (its MAC published on
+// this Node for peers), the informers, and the loop that follows Node changes.
+func (d *daemon) startRouting(ctx context.Context, bg *errgroup.Group, client kubernetes.Interface, nl *netlink.Handle, podCIDRs []netip.Prefix) (routing.VTEP, error) {
+	addr, err := nodeAddress(ctx, client, d.cfg.NodeName)
+	if err != nil {
+		return routing.VTEP{}, err
+	}
+	overlay, err := routing.NewOverlay(routing.OverlayConfig{Mode: d.cfg.Routing.Mode, LocalAddress: addr, PodCIDRs: podCIDRs}, nl, d.log)
+	if err != nil {
+		return routing.VTEP{}, err
+	}
+	vtep, err := overlay.Ensure()
+	if err != nil {
+		return routing.VTEP{}, fmt.Errorf("set up routing to other nodes: %w", err)
+	}
+	if err := publishVTEP(ctx, client, d.cfg.NodeName, vtep); err != nil {
+		return routing.VTEP{}, err
+	}
+	h, err := hub.New(client, d.log)
+	if err != nil {
+		return routing.VTEP{}, err
+	}
+	syncer := &routeSyncer{hub: h, overlay: overlay, self: d.cfg.NodeName, family: addr, changes: h.Subscribe(), log: d.log.Named("routes")}
+	bg.Go(func() error { return h.Run(ctx) })
+	bg.Go(func() error { return syncer.run(ctx) })
+	return vtep, nil
 }
 
 func (d *daemon) install(socket string) error {
@@ -158,13 +209,9 @@ func (d *daemon) install(socket string) error {
 }
 
 // podCIDRs are the config's, else the Node's spec.podCIDRs once the controller assigned them.
-func (d *daemon) podCIDRs(ctx context.Context) ([]netip.Prefix, error) {
+func (d *daemon) podCIDRs(ctx context.Context, client kubernetes.Interface) ([]netip.Prefix, error) {
 	if len(d.cfg.PodCIDRs) > 0 {
 		return d.cfg.PodCIDRs, nil
-	}
-	client, err := newKubeClient(d.cfg.Kubeconfig)
-	if err != nil {
-		return nil, err
 	}
 	return waitForPodCIDRs(ctx, client, d.cfg.NodeName, d.log)
 }

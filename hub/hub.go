@@ -187,4 +187,3 @@ func stripNode(obj any) (any, error) {
 	n.Status.VolumesInUse = nil
 	return n, nil
 }
-
