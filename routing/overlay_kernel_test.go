@@ -55,13 +55,12 @@ func (cn *clusterNode) podIP(v6 bool) netip.Addr {
 }
 
 type cluster struct {
-	mode  string
 	dual  bool
 	nodes []*clusterNode
 }
 
-// addVeth creates a veth pair from h's namespace, name there, into peerNS as peerName, and
-// gives each end an address (when not "") and brings it up.
+// addVeth creates a veth pair, name in h's namespace and peerName in peerNS, gives each end its
+// address (unless "") and waits until both are up. The peer's loopback comes up as well.
 func addVeth(t *testing.T, h *netlink.Handle, name, addr string, peerNS ns.NetNS, peerName, peerAddr string) {
 	t.Helper()
 	attrs := netlink.NewLinkAttrs()
@@ -86,15 +85,12 @@ func addVeth(t *testing.T, h *netlink.Handle, name, addr string, peerNS ns.NetNS
 			t.Fatal(err)
 		}
 	}
-	for _, l := range []struct {
-		h    *netlink.Handle
-		name string
-	}{{ph, peerName}, {ph, "lo"}} {
-		link, err := l.h.LinkByName(l.name)
+	for _, name := range []string{peerName, "lo"} {
+		link, err := ph.LinkByName(name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := l.h.LinkSetUp(link); err != nil {
+		if err := ph.LinkSetUp(link); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -122,7 +118,7 @@ func newCluster(t *testing.T, mode string, dual bool) *cluster {
 func newClusterWith(t *testing.T, mode string, dual bool, peersOf func(*cluster, *clusterNode) []Peer) *cluster {
 	t.Helper()
 	requireRoot(t)
-	c := &cluster{mode: mode, dual: dual}
+	c := &cluster{dual: dual}
 	underlay, router := newNode(t), newNode(t)
 	brAttrs := netlink.NewLinkAttrs()
 	brAttrs.Name = "br0"
@@ -303,7 +299,7 @@ func overlayListing(t *testing.T, cn *clusterNode) string {
 		{ip, "-4", "route", "show", "proto", proto},
 		{ip, "-6", "route", "show", "proto", proto},
 	}
-	if linkExists(t, cn.nl, VXLANDevice) {
+	if link, err := cn.nl.LinkByName(VXLANDevice); err == nil && link.Type() == "vxlan" {
 		cmds = append(cmds,
 			[]string{ip, "neigh", "show", "dev", VXLANDevice, "nud", "permanent"},
 			[]string{bridge, "fdb", "show", "dev", VXLANDevice})
@@ -520,15 +516,44 @@ func TestOverlayReconciles(t *testing.T) {
 	t.Run("restores what others deleted", func(t *testing.T) {
 		inNS(t, n1.ns, requireTool(t, "ip"), "route", "del", "10.244.3.0/24")
 		inNS(t, n1.ns, requireTool(t, "bridge"), "fdb", "del", n3.vtep.MAC.String(), "dev", VXLANDevice, "dst", "198.18.1.3")
-		res, err := n1.overlay.Sync(peers)
+		var res SyncResult
+		var err error
+		// This also shows that kernelChanges sees changes when there are some.
+		events := kernelChanges(t, n1.ns, func() { res, err = n1.overlay.Sync(peers) })
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.Changes != 2 {
-			t.Errorf("Sync made %d changes, want 2 (the route and the FDB entry)", res.Changes)
+		if res.Changes != 2 || len(events) != 2 {
+			t.Errorf("Sync made %d changes, the kernel saw %v; want 2, the route and the FDB entry", res.Changes, events)
 		}
 		checkPath(t, n1, n3, false, true)
 		syncNoChanges(t, n1, n1.overlay, peers)
+	})
+
+	t.Run("direct peers stay routed without a device", func(t *testing.T) {
+		link, err := n1.nl.LinkByName(VXLANDevice)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n1.nl.LinkDel(link); err != nil {
+			t.Fatal(err)
+		}
+		// Someone else's link in the device's place.
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = VXLANDevice
+		if err := n1.nl.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "squatter", PeerTxQLen: -1}); err != nil {
+			t.Fatal(err)
+		}
+		res, err := n1.overlay.Sync(peers)
+		if err == nil || !strings.Contains(err.Error(), "link nodenet-vxlan is a veth, not a vxlan") {
+			t.Errorf("Sync error %v, want the foreign link named", err)
+		}
+		// n2's IPv6 range and n3 need the device; n2's IPv4 range is direct and stays.
+		if !slices.Equal(res.Rejected, []string{"n2", "n3"}) {
+			t.Errorf("Sync result %+v, want n2 and n3 rejected", res)
+		}
+		checkListing(t, n1, `10.244.2.0/24 via 198.18.0.2 dev eth0`)
+		checkPath(t, n1, c.node(2), false, false)
 	})
 
 	t.Run("restores a removed device", func(t *testing.T) {

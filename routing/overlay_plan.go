@@ -175,14 +175,13 @@ type overlayPlan struct {
 	direct, vxlan, skipped, rejected []string
 	errs                             []error
 	skipReasons                      map[string]string
-	wantPeers                        map[string]bool // peers with entries in want
 }
 
 // plan computes the wanted overlay state. A peer is routed whole or not at all: one with an
 // error is rejected, one that lacks data is skipped, and neither gets any entry, so a stale
 // entry of theirs goes in the diff. Own pod ranges are never routed.
 func plan(t topology, peers []Peer) overlayPlan {
-	p := overlayPlan{skipReasons: map[string]string{}, wantPeers: map[string]bool{}}
+	p := overlayPlan{skipReasons: map[string]string{}}
 	reject := map[string]error{}
 	rejectf := func(name, format string, args ...any) {
 		if reject[name] != nil {
@@ -225,6 +224,7 @@ func plan(t topology, peers []Peer) overlayPlan {
 		}
 	}
 	rejectOverlaps(t.podCIDRs, peers, rejectf)
+	rejectUnderlayRanges(t, peers, rejectf)
 
 	// Paths, and the peers that lack data for theirs.
 	paths := map[string][]path{}
@@ -266,7 +266,8 @@ func plan(t topology, peers []Peer) overlayPlan {
 
 	for _, pr := range peers {
 		if err := reject[pr.Name]; err != nil {
-			if !slices.Contains(p.rejected, pr.Name) {
+			// Peers of one name are next to each other, and listed once.
+			if n := len(p.rejected); n == 0 || p.rejected[n-1] != pr.Name {
 				p.rejected = append(p.rejected, pr.Name)
 				p.errs = append(p.errs, err)
 			}
@@ -276,9 +277,9 @@ func plan(t topology, peers []Peer) overlayPlan {
 			p.skipped = append(p.skipped, pr.Name)
 			continue
 		}
-		p.wantPeers[pr.Name] = true
 		addr := pr.Address.Unmap()
 		mac := pr.VTEPMAC.String()
+		var direct, vxlan bool
 		for i, c := range pr.PodCIDRs {
 			c = c.Masked()
 			switch paths[pr.Name][i] {
@@ -286,28 +287,28 @@ func plan(t topology, peers []Peer) overlayPlan {
 				p.want.Routes = append(p.want.Routes, ovRoute{
 					Dst: c, Via: addr, Dev: t.uplink, Metric: defaultMetric(c.Addr()), peer: pr.Name,
 				})
-				addOnce(&p.direct, pr.Name)
+				direct = true
 			case pathVXLAN:
 				vtep := vtepAddr(c)
 				p.want.Routes = append(p.want.Routes, ovRoute{
 					Dst: c, Via: vtep, Dev: VXLANDevice, OnLink: true, Metric: defaultMetric(c.Addr()), peer: pr.Name,
 				})
 				p.want.Neighs = append(p.want.Neighs, ovNeigh{IP: vtep, MAC: mac, Permanent: true, peer: pr.Name})
-				if !slices.ContainsFunc(p.want.FDB, func(f ovFDB) bool { return f.peer == pr.Name }) {
+				if !vxlan {
 					p.want.FDB = append(p.want.FDB, ovFDB{MAC: mac, Dst: addr, Permanent: true, peer: pr.Name})
 				}
-				addOnce(&p.vxlan, pr.Name)
+				vxlan = true
 			}
+		}
+		if direct {
+			p.direct = append(p.direct, pr.Name)
+		}
+		if vxlan {
+			p.vxlan = append(p.vxlan, pr.Name)
 		}
 	}
 	p.want.sort()
 	return p
-}
-
-func addOnce(names *[]string, name string) {
-	if !slices.Contains(*names, name) {
-		*names = append(*names, name)
-	}
 }
 
 func isZeroMAC(mac net.HardwareAddr) bool {
@@ -353,6 +354,34 @@ func rejectOverlaps(own []netip.Prefix, peers []Peer, rejectf func(name, format 
 		}
 		rejectf(open.owner, "pod CIDR %s overlaps %s of peer %s", open.p, cur.p, cur.owner)
 		rejectf(cur.owner, "pod CIDR %s overlaps %s of peer %s", cur.p, open.p, open.owner)
+	}
+}
+
+// rejectUnderlayRanges rejects every peer with a pod range that takes in the underlay: a
+// subnet of this node's uplink or a node's address. Routing it would send the underlay's own
+// packets, the encapsulated ones among them, into the overlay.
+func rejectUnderlayRanges(t topology, peers []Peer, rejectf func(name, format string, args ...any)) {
+	addrs := []netip.Addr{t.local}
+	for _, pr := range peers {
+		addrs = append(addrs, pr.Address.Unmap())
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	for _, pr := range peers {
+		for _, c := range pr.PodCIDRs {
+			if !c.IsValid() {
+				continue
+			}
+			c = c.Masked()
+			if i := slices.IndexFunc(t.subnets, c.Overlaps); i >= 0 {
+				rejectf(pr.Name, "pod CIDR %s overlaps the underlay subnet %s", c, t.subnets[i])
+				continue
+			}
+			// The first address at or above the range's start is in it if any is.
+			i, _ := slices.BinarySearchFunc(addrs, c.Addr(), netip.Addr.Compare)
+			if i < len(addrs) && c.Contains(addrs[i]) {
+				rejectf(pr.Name, "pod CIDR %s takes in the node address %s", c, addrs[i])
+			}
+		}
 	}
 }
 
@@ -416,35 +445,59 @@ func (o op) peer() string {
 func diff(have, want ovState) []op {
 	var adds, dels []op
 
+	haveFDB := map[fdbKey]ovFDB{}
+	for _, h := range have.FDB {
+		haveFDB[h.key()] = h
+	}
 	for i, w := range want.FDB {
-		if !slices.ContainsFunc(have.FDB, func(h ovFDB) bool { return h.MAC == w.MAC && h.Dst == w.Dst && h.Permanent }) {
+		if h, ok := haveFDB[w.key()]; !ok || !h.Permanent {
 			adds = append(adds, op{kind: opReplace, fdb: &want.FDB[i]})
 		}
 	}
+	haveNeigh := map[netip.Addr]ovNeigh{}
+	for _, h := range have.Neighs {
+		haveNeigh[h.IP] = h
+	}
 	for i, w := range want.Neighs {
-		if !slices.ContainsFunc(have.Neighs, func(h ovNeigh) bool { return h.IP == w.IP && h.MAC == w.MAC && h.Permanent }) {
+		if h, ok := haveNeigh[w.IP]; !ok || h.MAC != w.MAC || !h.Permanent {
 			adds = append(adds, op{kind: opReplace, neigh: &want.Neighs[i]})
 		}
 	}
+	haveRoutes := map[routeKey][]ovRoute{}
+	for _, h := range have.Routes {
+		haveRoutes[h.key()] = append(haveRoutes[h.key()], h)
+	}
 	for i, w := range want.Routes {
-		if !slices.ContainsFunc(have.Routes, w.same) {
+		if !slices.ContainsFunc(haveRoutes[w.key()], w.same) {
 			adds = append(adds, op{kind: opReplace, route: &want.Routes[i]})
 		}
 	}
 
+	wantRoutes := map[routeKey]bool{}
+	for _, w := range want.Routes {
+		wantRoutes[w.key()] = true
+	}
 	for i, h := range have.Routes {
-		if !slices.ContainsFunc(want.Routes, func(w ovRoute) bool { return w.key() == h.key() }) {
+		if !wantRoutes[h.key()] {
 			dels = append(dels, op{kind: opDelete, route: &have.Routes[i]})
 		}
 	}
+	wantNeigh := map[netip.Addr]bool{}
+	for _, w := range want.Neighs {
+		wantNeigh[w.IP] = true
+	}
 	for i, h := range have.Neighs {
 		// Only permanent entries are ours; the kernel keeps and expires the others.
-		if h.Permanent && !slices.ContainsFunc(want.Neighs, func(w ovNeigh) bool { return w.IP == h.IP }) {
+		if h.Permanent && !wantNeigh[h.IP] {
 			dels = append(dels, op{kind: opDelete, neigh: &have.Neighs[i]})
 		}
 	}
+	wantFDB := map[fdbKey]bool{}
+	for _, w := range want.FDB {
+		wantFDB[w.key()] = true
+	}
 	for i, h := range have.FDB {
-		if !slices.ContainsFunc(want.FDB, func(w ovFDB) bool { return w.key() == h.key() }) {
+		if !wantFDB[h.key()] {
 			dels = append(dels, op{kind: opDelete, fdb: &have.FDB[i]})
 		}
 	}

@@ -29,15 +29,24 @@ func (o *Overlay) Sync(peers []Peer) (SyncResult, error) {
 	if err != nil {
 		return SyncResult{}, err
 	}
-	var res SyncResult
+	var (
+		res  SyncResult
+		errs []error
+		dev  netlink.Link
+	)
 	devIndex := map[string]int{up.Attrs().Name: up.Attrs().Index}
-	var dev netlink.Link
 	if o.cfg.Mode != ModeDirect {
-		dev, res.Changes, err = o.ensureDevice(up)
+		var n int
+		dev, n, err = o.ensureDevice(up)
+		res.Changes += n
 		if err != nil {
-			return res, err
+			// Peers that are reached directly need no device: they are synced all the same,
+			// and the ones that need it fail one by one below.
+			errs = append(errs, err)
+			dev = nil
+		} else {
+			devIndex[VXLANDevice] = dev.Attrs().Index
 		}
-		devIndex[VXLANDevice] = dev.Attrs().Index
 	}
 
 	p := plan(topology{
@@ -51,7 +60,7 @@ func (o *Overlay) Sync(peers []Peer) (SyncResult, error) {
 	for _, name := range p.skipped {
 		o.log.Debug("peer skipped", zap.String("peer", name), zap.String("reason", p.skipReasons[name]))
 	}
-	errs := p.errs
+	errs = append(errs, p.errs...)
 
 	have, err := o.kernelState(devIndex, dev)
 	if err != nil {
@@ -62,7 +71,8 @@ func (o *Overlay) Sync(peers []Peer) (SyncResult, error) {
 		if name := c.peer(); name != "" && failed[name] {
 			continue // the peer's other entries would be of no use without this one
 		}
-		if err := o.apply(c, devIndex); err != nil {
+		changed, err := o.apply(c, devIndex)
+		if err != nil {
 			if name := c.peer(); name != "" {
 				failed[name] = true
 				err = fmt.Errorf("peer %s: %w", name, err)
@@ -70,8 +80,10 @@ func (o *Overlay) Sync(peers []Peer) (SyncResult, error) {
 			errs = append(errs, err)
 			continue
 		}
-		res.Changes++
-		o.log.Info("overlay changed", zap.Stringer("change", c))
+		if changed {
+			res.Changes++
+			o.log.Debug("overlay changed", zap.Stringer("change", c))
+		}
 	}
 	if o.cfg.Mode == ModeDirect {
 		n, err := o.removeDevice()
@@ -89,6 +101,10 @@ func (o *Overlay) Sync(peers []Peer) (SyncResult, error) {
 		res.Rejected = append(res.Rejected, name)
 	}
 	slices.Sort(res.Rejected)
+	if res.Changes > 0 || len(errs) > 0 {
+		o.log.Info("synced overlay", zap.Int("changes", res.Changes), zap.Int("direct", len(res.Direct)),
+			zap.Int("vxlan", len(res.VXLAN)), zap.Strings("skipped", res.Skipped), zap.Strings("rejected", res.Rejected))
+	}
 	return res, errors.Join(errs...)
 }
 
@@ -169,16 +185,19 @@ func (o *Overlay) kernelState(devIndex map[string]int, dev netlink.Link) (ovStat
 	return s, nil
 }
 
-// apply makes one change. Deleting what is already gone is not an error: the result is the
-// one wanted.
-func (o *Overlay) apply(c op, devIndex map[string]int) error {
-	vxlan := devIndex[VXLANDevice]
+// apply makes one change and reports whether the kernel changed: deleting what is already
+// gone is not an error, as the result is the one wanted.
+func (o *Overlay) apply(c op, devIndex map[string]int) (bool, error) {
+	vxlan, ok := devIndex[VXLANDevice]
+	if !ok && c.route == nil {
+		return false, fmt.Errorf("%s: no %s device", c, VXLANDevice)
+	}
 	switch {
 	case c.route != nil && c.kind == opReplace:
 		r := c.route
 		index, ok := devIndex[r.Dev]
 		if !ok {
-			return fmt.Errorf("replace route %s: no device %s", r.Dst, r.Dev)
+			return false, fmt.Errorf("%s: no %s device", c, r.Dev)
 		}
 		nr := &netlink.Route{
 			Dst:       toIPNet(r.Dst),
@@ -193,35 +212,42 @@ func (o *Overlay) apply(c op, devIndex map[string]int) error {
 			// it as a neighbour there all the same.
 			nr.Flags = int(netlink.FLAG_ONLINK)
 		}
+		// Replace, not add: a route to a peer's pod range that someone else put there, with
+		// another protocol, is taken over. The range is the peer's, and only nodenet knows
+		// where the peer is.
 		if err := o.nl.RouteReplace(nr); err != nil {
-			return fmt.Errorf("replace route %s: %w", r, err)
+			return false, fmt.Errorf("replace route %s: %w", r, err)
 		}
 	case c.route != nil:
 		r := c.route.raw
 		if r == nil {
 			r = &netlink.Route{Dst: toIPNet(c.route.Dst), Priority: c.route.Metric, Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
 		}
-		if err := o.nl.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("delete route %s: %w", c.route, err)
+		if err := o.nl.RouteDel(r); errors.Is(err, unix.ESRCH) {
+			return false, nil
+		} else if err != nil {
+			return false, fmt.Errorf("delete route %s: %w", c.route, err)
 		}
 	case c.neigh != nil && c.kind == opReplace:
 		mac, err := net.ParseMAC(c.neigh.MAC)
 		if err != nil {
-			return fmt.Errorf("neighbour %s: %w", c.neigh.IP, err)
+			return false, fmt.Errorf("neighbour %s: %w", c.neigh.IP, err)
 		}
 		n := &netlink.Neigh{LinkIndex: vxlan, IP: c.neigh.IP.AsSlice(), HardwareAddr: mac, State: netlink.NUD_PERMANENT}
 		if err := o.nl.NeighSet(n); err != nil {
-			return fmt.Errorf("replace neighbour %s: %w", c.neigh, err)
+			return false, fmt.Errorf("replace neighbour %s: %w", c.neigh, err)
 		}
 	case c.neigh != nil:
 		n := &netlink.Neigh{LinkIndex: vxlan, IP: c.neigh.IP.AsSlice()}
-		if err := o.nl.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("delete neighbour %s: %w", c.neigh, err)
+		if err := o.nl.NeighDel(n); errors.Is(err, unix.ENOENT) {
+			return false, nil
+		} else if err != nil {
+			return false, fmt.Errorf("delete neighbour %s: %w", c.neigh, err)
 		}
 	default:
 		mac, err := net.ParseMAC(c.fdb.MAC)
 		if err != nil {
-			return fmt.Errorf("fdb %s: %w", c.fdb.MAC, err)
+			return false, fmt.Errorf("fdb %s: %w", c.fdb.MAC, err)
 		}
 		n := &netlink.Neigh{
 			LinkIndex:    vxlan,
@@ -233,15 +259,17 @@ func (o *Overlay) apply(c op, devIndex map[string]int) error {
 		}
 		if c.kind == opReplace {
 			if err := o.nl.NeighSet(n); err != nil {
-				return fmt.Errorf("replace fdb %s: %w", c.fdb, err)
+				return false, fmt.Errorf("replace fdb %s: %w", c.fdb, err)
 			}
-			return nil
+			return true, nil
 		}
-		if err := o.nl.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("delete fdb %s: %w", c.fdb, err)
+		if err := o.nl.NeighDel(n); errors.Is(err, unix.ENOENT) {
+			return false, nil
+		} else if err != nil {
+			return false, fmt.Errorf("delete fdb %s: %w", c.fdb, err)
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // removeDevice removes the VXLAN device, which direct mode does not use. Its neighbour and FDB

@@ -239,6 +239,26 @@ error: peer v6: pod CIDR fd00:10:244:1:8000::/65 overlaps this node's fd00:10:24
 error: peer wide: pod CIDR 10.244.0.0/23 overlaps this node's 10.244.1.0/24`,
 		},
 		{
+			name: "pod ranges in the underlay",
+			mode: ModeAuto,
+			peers: []Peer{
+				peer2,
+				peer3,
+				testPeer("on-my-segment", "198.18.0.20", "", "198.18.0.128/25"),
+				testPeer("on-n3", "198.18.1.21", "0e:4e:00:00:00:21", "198.18.1.0/28"),
+			},
+			want: `
+route 10.244.2.0/24 via 198.18.0.2 dev eth0
+route 10.244.3.0/24 via 10.244.3.0 dev nodenet-vxlan onlink
+neigh 10.244.3.0 dev nodenet-vxlan lladdr 0e:4e:c6:12:01:03 PERMANENT
+fdb 0e:4e:c6:12:01:03 dev nodenet-vxlan dst 198.18.1.3 self permanent
+direct: n2
+vxlan: n3
+rejected: on-my-segment on-n3
+error: peer on-my-segment: pod CIDR 198.18.0.128/25 overlaps the underlay subnet 198.18.0.0/24
+error: peer on-n3: pod CIDR 198.18.1.0/28 takes in the node address 198.18.1.3`,
+		},
+		{
 			name: "bad peer data",
 			mode: ModeAuto,
 			peers: []Peer{
