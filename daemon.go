@@ -122,6 +122,7 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 		Gateways:     alloc.Gateways(),
 		PodCIDRs:     podCIDRs,
 		ClusterCIDRs: d.cfg.ClusterCIDRs,
+		NodeNetns:    "/proc/self/ns/net",
 	}, nl, nft, d.log)
 	if err != nil {
 		return err

@@ -102,6 +102,8 @@ func newNode(t *testing.T) *node {
 
 func (n *node) local(t *testing.T, cfg LocalConfig) *Local {
 	t.Helper()
+	// As the daemon does: pod methods get netlink sockets of their own in the node's namespace.
+	cfg.NodeNetns = n.ns.Path()
 	l, err := NewLocal(cfg, n.nl, n.nft, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatalf("NewLocal: %v", err)

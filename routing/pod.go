@@ -390,11 +390,34 @@ func (l *Local) DetachPod(hostVeth string) error {
 	if _, ok := link.(*netlink.Veth); !ok {
 		return fmt.Errorf("link %s is a %s, not a veth", hostVeth, link.Type())
 	}
-	if err := l.nl.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+	nl, done, err := l.ownHandle()
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := nl.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("delete veth %s: %w", hostVeth, err)
 	}
 	l.log.Debug("detached pod", zap.String("veth", hostVeth))
 	return nil
+}
+
+// ownHandle returns a netlink handle in the node's namespace that no other call shares, when
+// the node namespace is known, else the shared one; done releases it.
+func (l *Local) ownHandle() (*netlink.Handle, func(), error) {
+	if l.cfg.NodeNetns == "" {
+		return l.nl, func() {}, nil
+	}
+	nsh, err := netns.GetFromPath(l.cfg.NodeNetns)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open node netns %s: %w", l.cfg.NodeNetns, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return nil, nil, fmt.Errorf("netlink handle in %s: %w", l.cfg.NodeNetns, err)
+	}
+	return h, h.Close, nil
 }
 
 // CheckPod reports what differs from the wanted plumbing of a pod, every problem it finds.
