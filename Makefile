@@ -13,7 +13,7 @@ export NODENET_CACHE ?= $(HOME)/.cache/nodenet
 DEB_PACKAGES := iproute2 nftables iputils-ping dnsutils
 DEB_COMMANDS := ip nft ping dig
 
-.PHONY: all build deps lint test test-unit test-e2e demo bench clean
+.PHONY: all build deps lint test test-unit test-e2e demo bench clean cluster-bins
 
 all: build
 
@@ -39,12 +39,19 @@ lint:
 # Unit tests (race detector) and the root-only suites: kernel tests in namespaces they create and
 # the end-to-end suite driving real daemons through libcni.
 test: deps build lint
+	NODENET_CLUSTER_BIN_DIR=$$(hack/cluster-bins.sh) && export NODENET_CLUSTER_BIN_DIR && \
 	NODENET_BIN_DIR=$(CURDIR)/$(BIN) $(TOOLS) gotestsum --format testname -- -race -count=1 -timeout 30m ./...
+
+# The test cluster's control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and the
+# kube-proxy benchmark peer, built from the Go module proxy once and cached in $(NODENET_CACHE).
+cluster-bins:
+	hack/cluster-bins.sh
 
 test-unit:
 	$(GO) test -race -count=1 ./config/ ./ipam/ ./cniexec/...
 
 test-e2e: deps build
+	NODENET_CLUSTER_BIN_DIR=$$(hack/cluster-bins.sh) && export NODENET_CLUSTER_BIN_DIR && \
 	NODENET_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 30m ./e2e/
 
 demo: deps build

@@ -22,6 +22,10 @@ type NodeOptions struct {
 	Index int
 	// PodCIDRs overrides the pod range(s).
 	PodCIDRs []string
+	// Kubeconfig connects the daemon to an API server (ControlPlane.JoinNode sets it); the pod
+	// ranges then come from the Node object unless PodCIDRs is given. Empty runs the daemon with
+	// kubeconfig: none.
+	Kubeconfig string
 	// Config holds extra configuration keys merged over the lab's defaults.
 	Config map[string]any
 }
@@ -34,6 +38,7 @@ type Node struct {
 	PodCIDRs []string
 
 	Dir        string
+	Kubeconfig string // the daemon's identity; empty with kubeconfig: none
 	ConfigPath string
 	CNIBinDir  string
 	ConfDir    string
@@ -62,12 +67,12 @@ func (l *Lab) AddNode(opts NodeOptions) (*Node, error) {
 		return nil, err
 	}
 	cidrs := opts.PodCIDRs
-	if cidrs == nil {
+	if cidrs == nil && opts.Kubeconfig == "" {
 		cidrs = []string{fmt.Sprintf("10.244.%d.0/24", opts.Index)}
 	}
 	dir := filepath.Join(l.Dir, opts.Name)
 	n := &Node{
-		Name: opts.Name, NS: ns, Address: addr, PodCIDRs: cidrs, Dir: dir,
+		Name: opts.Name, NS: ns, Address: addr, PodCIDRs: cidrs, Dir: dir, Kubeconfig: opts.Kubeconfig,
 		ConfigPath: filepath.Join(dir, "nodenet.yaml"),
 		CNIBinDir:  filepath.Join(dir, "cni-bin"),
 		ConfDir:    filepath.Join(dir, "cni-conf"),
@@ -81,14 +86,18 @@ func (l *Lab) AddNode(opts NodeOptions) (*Node, error) {
 		"kind":         "NodenetConfig",
 		"nodeName":     opts.Name,
 		"kubeconfig":   "none",
-		"clusterCIDRs": []string{"10.244.0.0/16"},
+		"clusterCIDRs": []string{ClusterCIDR},
 		"podCIDRs":     cidrs,
+		"serviceCIDRs": []string{ServiceCIDR},
 		"stateDir":     n.StateDir,
 		"runDir":       n.RunDir,
 		"cni":          map[string]any{"binDir": n.CNIBinDir, "confDir": n.ConfDir},
 		"proxy":        map[string]any{"enabled": false},
 		"dns":          map[string]any{"enabled": false},
 		"logging":      map[string]any{"level": "debug", "format": "json"},
+	}
+	if opts.Kubeconfig != "" {
+		cfg["kubeconfig"] = opts.Kubeconfig
 	}
 	for k, v := range opts.Config {
 		cfg[k] = v

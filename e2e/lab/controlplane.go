@@ -1,0 +1,241 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// ControlPlaneAddr is the API server's address on the underlay.
+const ControlPlaneAddr = "198.18.0.2"
+
+// Cluster ranges of the address plan (DESIGN.md).
+const (
+	ClusterCIDR = "10.244.0.0/16"
+	ServiceCIDR = "10.96.0.0/12"
+)
+
+// ControlPlane is etcd, kube-apiserver and kube-controller-manager in their own namespace on the
+// underlay, built by hack/cluster-bins.sh.
+type ControlPlane struct {
+	NS              *Netns
+	Server          string // https://198.18.0.2:6443
+	Dir             string
+	BinDir          string
+	CAPath          string
+	AdminKubeconfig string
+	// Client talks to the API server as cluster admin from the test process, dialling through the
+	// control-plane namespace (the host's own namespace has no route to the underlay).
+	Client kubernetes.Interface
+
+	lab   *Lab
+	pki   *pki
+	procs map[string]*proc
+}
+
+// StartControlPlane starts the control plane and waits until the API server is ready and the
+// controller manager works.
+func (l *Lab) StartControlPlane(ctx context.Context, binDir string) (*ControlPlane, error) {
+	ns, err := l.AddNetns("cp")
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Attach(ns, "eth0", ControlPlaneAddr+"/24", "p-cp"); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(l.Dir, "cp")
+	ca, err := newPKI(filepath.Join(dir, "pki"))
+	if err != nil {
+		return nil, err
+	}
+	cp := &ControlPlane{NS: ns, Server: "https://" + ControlPlaneAddr + ":6443", Dir: dir, BinDir: binDir,
+		CAPath: ca.CAPath(), lab: l, pki: ca, procs: map[string]*proc{}}
+	if err := cp.startEtcd(ctx); err != nil {
+		return nil, err
+	}
+	if err := cp.startAPIServer(ctx); err != nil {
+		return nil, err
+	}
+	if err := cp.startControllerManager(ctx); err != nil {
+		return nil, err
+	}
+	return cp, nil
+}
+
+func (cp *ControlPlane) start(name string, argv ...string) error {
+	p, err := cp.lab.startProc(cp.NS, name, filepath.Join(cp.Dir, name+".log"), append([]string{filepath.Join(cp.BinDir, name)}, argv...)...)
+	if err != nil {
+		return err
+	}
+	cp.procs[name] = p
+	return nil
+}
+
+// waitFor polls check until it succeeds, the process dies, or the timeout passes.
+func (cp *ControlPlane) waitFor(ctx context.Context, name string, timeout time.Duration, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		if p := cp.procs[name]; p != nil && p.exited() {
+			return fmt.Errorf("%s exited; log %s:\n%s", name, p.log, tail(p.log, 20))
+		}
+		if last = check(ctx); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready after %v: %v; log tail:\n%s", name, timeout, last, tail(filepath.Join(cp.Dir, name+".log"), 20))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (cp *ControlPlane) startEtcd(ctx context.Context) error {
+	data := filepath.Join(cp.Dir, "etcd")
+	if err := cp.start("etcd", "--name", "cp", "--data-dir", data,
+		"--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
+		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+		"--initial-cluster", "cp=http://127.0.0.1:2380", "--listen-metrics-urls", "http://127.0.0.1:2381",
+		// A test cluster lives for minutes: durability of its data is not worth an fsync per write.
+		"--unsafe-no-fsync"); err != nil {
+		return err
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: cp.NS.Dial}, Timeout: 5 * time.Second}
+	return cp.waitFor(ctx, "etcd", time.Minute, func(ctx context.Context) error {
+		return httpOK(ctx, client, "http://127.0.0.1:2379/readyz")
+	})
+}
+
+func (cp *ControlPlane) startAPIServer(ctx context.Context) error {
+	crt, key, err := cp.pki.issue("apiserver", "kube-apiserver", nil,
+		[]net.IP{net.ParseIP(ControlPlaneAddr), net.ParseIP("10.96.0.1"), net.ParseIP("127.0.0.1")},
+		[]string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"})
+	if err != nil {
+		return err
+	}
+	saPub, saKey, err := cp.pki.serviceAccountKey()
+	if err != nil {
+		return err
+	}
+	adminCrt, adminKey, err := cp.pki.issue("admin", "lab-admin", []string{"system:masters"}, nil, nil)
+	if err != nil {
+		return err
+	}
+	cp.AdminKubeconfig = filepath.Join(cp.Dir, "admin.kubeconfig")
+	if err := cp.writeKubeconfig(cp.AdminKubeconfig, &clientcmdapi.AuthInfo{ClientCertificate: adminCrt, ClientKey: adminKey}); err != nil {
+		return err
+	}
+	if err := cp.start("kube-apiserver",
+		"--etcd-servers=http://127.0.0.1:2379",
+		"--bind-address=0.0.0.0", "--advertise-address="+ControlPlaneAddr, "--secure-port=6443",
+		"--tls-cert-file="+crt, "--tls-private-key-file="+key,
+		"--client-ca-file="+cp.CAPath,
+		"--authorization-mode=Node,RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file="+saPub, "--service-account-signing-key-file="+saKey,
+		"--service-cluster-ip-range="+ServiceCIDR,
+		"--kubelet-preferred-address-types=InternalIP",
+		"--allow-privileged=true",
+		"--cert-dir="+filepath.Join(cp.Dir, "apiserver-certs")); err != nil {
+		return err
+	}
+	rc := &rest.Config{Host: cp.Server, TLSClientConfig: rest.TLSClientConfig{CAFile: cp.CAPath, CertFile: adminCrt, KeyFile: adminKey},
+		Dial: cp.NS.Dial, UserAgent: "nodenet-lab", QPS: 100, Burst: 200}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	cp.Client = client
+	return cp.waitFor(ctx, "kube-apiserver", 3*time.Minute, func(ctx context.Context) error {
+		_, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err
+	})
+}
+
+func (cp *ControlPlane) startControllerManager(ctx context.Context) error {
+	crt, key, err := cp.pki.issue("kcm", "system:kube-controller-manager", nil, nil, nil)
+	if err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(cp.Dir, "kcm.kubeconfig")
+	if err := cp.writeKubeconfig(kubeconfig, &clientcmdapi.AuthInfo{ClientCertificate: crt, ClientKey: key}); err != nil {
+		return err
+	}
+	if err := cp.start("kube-controller-manager",
+		"--kubeconfig="+kubeconfig,
+		"--authentication-kubeconfig="+kubeconfig, "--authorization-kubeconfig="+kubeconfig,
+		"--authentication-skip-lookup=true",
+		"--bind-address=127.0.0.1", "--secure-port=10257", "--cert-dir="+filepath.Join(cp.Dir, "kcm-certs"),
+		"--leader-elect=false",
+		// The lab's nodes have no kubelet posting status: node lifecycle would taint them
+		// unreachable and evict the pods that hold the daemons' tokens.
+		"--controllers=*,-node-lifecycle-controller",
+		"--allocate-node-cidrs=true", "--cluster-cidr="+ClusterCIDR, "--node-cidr-mask-size=24",
+		"--service-cluster-ip-range="+ServiceCIDR,
+		"--use-service-account-credentials=true",
+		"--service-account-private-key-file="+filepath.Join(cp.pki.dir, "sa.key"),
+		"--root-ca-file="+cp.CAPath,
+		"--cluster-signing-cert-file="+cp.CAPath, "--cluster-signing-key-file="+filepath.Join(cp.pki.dir, "ca.key")); err != nil {
+		return err
+	}
+	// The default service account appears once the controller manager's controllers run.
+	return cp.waitFor(ctx, "kube-controller-manager", 2*time.Minute, func(ctx context.Context) error {
+		_, err := cp.Client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
+		return err
+	})
+}
+
+// writeKubeconfig writes a kubeconfig for the API server with the given credentials.
+func (cp *ControlPlane) writeKubeconfig(path string, auth *clientcmdapi.AuthInfo) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: cp.Server, CertificateAuthority: cp.CAPath}
+	cfg.AuthInfos["lab"] = auth
+	cfg.Contexts["lab"] = &clientcmdapi.Context{Cluster: "lab", AuthInfo: "lab"}
+	cfg.CurrentContext = "lab"
+	return clientcmd.WriteToFile(*cfg, path)
+}
+
+// Kubectl runs kubectl as cluster admin inside the control-plane namespace.
+func (cp *ControlPlane) Kubectl(args ...string) (string, error) {
+	return cp.NS.Run(append([]string{filepath.Join(cp.BinDir, "kubectl"), "--kubeconfig", cp.AdminKubeconfig}, args...)...)
+}
+
+func httpOK(ctx context.Context, client *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+func tail(path string, lines int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	all := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
