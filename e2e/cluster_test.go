@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
 	"github.com/nodenet/nodenet/e2e/lab"
 )
 
@@ -137,6 +141,7 @@ func TestCrossNode(t *testing.T) {
 				}
 			}
 			if mode == "direct" {
+				testEndpointSlices(t, c, n1, a)
 				testNodeJoinsAndLeaves(t, c, n1, a)
 			}
 		})
@@ -163,6 +168,34 @@ func testNodeJoinsAndLeaves(t *testing.T, c *cluster, n1 *lab.Node, a *lab.Pod) 
 			return errString("still routed: " + out)
 		}
 		return nil
+	})
+}
+
+// testEndpointSlices: a pod the harness publishes as the kubelet would appears in the
+// EndpointSlice the real controller makes for a Service selecting it.
+func testEndpointSlices(t *testing.T, c *cluster, n1 *lab.Node, a *lab.Pod) {
+	ctx := t.Context()
+	if err := c.cp.PublishPod(ctx, "test", map[string]string{"app": "xa"}, n1, a, 8080); err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "xa", Namespace: "test"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "xa"}, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromString("http")}}}}
+	if _, err := c.cp.Client.CoreV1().Services("test").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "EndpointSlice of Service test/xa lists the pod", func() error {
+		slices, err := c.cp.Client.DiscoveryV1().EndpointSlices("test").List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=xa"})
+		if err != nil {
+			return err
+		}
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if len(e.Addresses) > 0 && e.Addresses[0] == a.IPs[0].Addr().String() && e.Conditions.Ready != nil && *e.Conditions.Ready {
+					return nil
+				}
+			}
+		}
+		return errString("no ready endpoint " + a.IPs[0].Addr().String())
 	})
 }
 

@@ -109,3 +109,50 @@ func (cp *ControlPlane) ApplyDeploy(files ...string) error {
 func (cp *ControlPlane) DeleteNode(ctx context.Context, name string) error {
 	return cp.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
 }
+
+// PublishPod creates the Pod object of a networked pod as the kubelet would: scheduled to node,
+// then its status with the addresses CNI gave it and the Ready condition, so the endpointslice
+// controller lists it behind matching Services.
+func (cp *ControlPlane) PublishPod(ctx context.Context, namespace string, labels map[string]string, node *Node, p *Pod, port int32) error {
+	if _, err := cp.Client.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{}); err != nil {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}
+		if _, err := cp.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create namespace %s: %w", namespace, err)
+		}
+	}
+	obj := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: namespace, Labels: labels},
+		Spec: corev1.PodSpec{
+			NodeName: node.Name,
+			Containers: []corev1.Container{{Name: "app", Image: "nodenet-lab/http:dev",
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: port}}}},
+		},
+	}
+	created, err := cp.Client.CoreV1().Pods(namespace).Create(ctx, obj, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create pod %s/%s: %w", namespace, p.Name, err)
+	}
+	now := metav1.Now()
+	created.Status = corev1.PodStatus{
+		Phase:   corev1.PodRunning,
+		HostIP:  node.Address,
+		HostIPs: []corev1.HostIP{{IP: node.Address}},
+		Conditions: []corev1.PodCondition{
+			{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		},
+		StartTime: &now,
+	}
+	for i, ip := range p.IPs {
+		if i == 0 {
+			created.Status.PodIP = ip.Addr().String()
+		}
+		created.Status.PodIPs = append(created.Status.PodIPs, corev1.PodIP{IP: ip.Addr().String()})
+	}
+	if _, err := cp.Client.CoreV1().Pods(namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("set status of pod %s/%s: %w", namespace, p.Name, err)
+	}
+	return nil
+}
