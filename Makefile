@@ -13,7 +13,7 @@ export NODENET_CACHE ?= $(HOME)/.cache/nodenet
 DEB_PACKAGES := iproute2 nftables iputils-ping dnsutils
 DEB_COMMANDS := ip nft ping dig
 
-.PHONY: all build deps lint test test-unit test-e2e demo bench clean cluster-bins
+.PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down bench clean cluster-bins
 
 all: build
 
@@ -54,8 +54,18 @@ test-e2e: deps build
 	NODENET_CLUSTER_BIN_DIR=$$(hack/cluster-bins.sh) && export NODENET_CLUSTER_BIN_DIR && \
 	NODENET_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 30m ./e2e/
 
+# The seed article's lab on a 2-node cluster in network namespaces. It keeps running afterwards:
+# demo-shell opens kubectl against it, demo-down removes every namespace, process and file.
 demo: deps build
-	$(GO) run ./hack/demo --bin $(CURDIR)/$(BIN)
+	@dir=$$(hack/cluster-bins.sh) && \
+	$(GO) build -o $(BIN)/nodenet-demo ./hack/demo && \
+	$(BIN)/nodenet-demo up --bin $(CURDIR)/$(BIN) --cluster-bin $$dir
+
+demo-shell:
+	@$(GO) build -o $(BIN)/nodenet-demo ./hack/demo && $(BIN)/nodenet-demo shell
+
+demo-down:
+	@$(GO) build -o $(BIN)/nodenet-demo ./hack/demo && $(BIN)/nodenet-demo down
 
 # CNI benchmark of issue 2 against the reference plugins, side by side (bench/RESULTS.md);
 # e.g. make bench BENCH_FLAGS=--rounds=5

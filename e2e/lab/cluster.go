@@ -144,6 +144,10 @@ func (cp *ControlPlane) PublishPod(ctx context.Context, namespace string, labels
 			{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
 		},
 		StartTime: &now,
+		ContainerStatuses: []corev1.ContainerStatus{{
+			Name: "app", Image: "nodenet-lab/http:dev", Ready: true, Started: ptr.To(true),
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
+		}},
 	}
 	for i, ip := range p.IPs {
 		if i == 0 {

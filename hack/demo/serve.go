@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/nodenet/nodenet/e2e/lab"
+)
+
+// articlePod is one pod of the seed article's lab.
+type articlePod struct {
+	name, namespace, app string
+	node                 int // index into the nodes
+	serves               bool
+}
+
+var articlePods = []articlePod{
+	{name: "default-nginx", namespace: "default", app: "default-nginx", node: 0, serves: true},
+	{name: "default-test", namespace: "default", app: "default-test", node: 1},
+	{name: "test-nginx", namespace: "test", app: "test-nginx", node: 1, serves: true},
+}
+
+// serve builds the cluster, shows the lab, prints the ready marker and keeps everything running
+// until SIGTERM or SIGINT, then removes it all.
+func serve(bin, clusterBin string) (err error) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	abs, err := filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
+	l, err := lab.New(abs, "nd")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		section("Cleaning up")
+		if cerr := l.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		fmt.Println("all namespaces, processes and files of the demo are removed")
+	}()
+	var c checks
+	if err := show(ctx, l, clusterBin, &c); err != nil {
+		return err
+	}
+	if c.failed > 0 {
+		return fmt.Errorf("%d checks failed", c.failed)
+	}
+	fmt.Println(readyMarker)
+	<-ctx.Done()
+	return nil
+}
+
+func show(ctx context.Context, l *lab.Lab, clusterBin string, c *checks) error {
+	section("Starting the control plane (etcd, kube-apiserver, kube-controller-manager) in its own namespace")
+	cp, err := l.StartControlPlane(ctx, clusterBin)
+	if err != nil {
+		return err
+	}
+	st := state{PID: os.Getpid(), ControlPlaneNS: cp.NS.Name, AdminKubeconfig: cp.AdminKubeconfig, ClusterBin: clusterBin}
+	data, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(statePath(), data, 0o600); err != nil {
+		return err
+	}
+	fmt.Printf("API server %s\n", cp.Server)
+	if err := cp.ApplyDeploy("deploy/rbac.yaml", "deploy/policy.yaml"); err != nil {
+		return err
+	}
+	fmt.Println("applied deploy/rbac.yaml and deploy/policy.yaml: the daemons run with exactly that identity")
+
+	section("Joining two nodes; each runs `nodenet daemon` and learns its pod range from its Node")
+	var nodes []*lab.Node
+	for i := 1; i <= 2; i++ {
+		n, err := cp.JoinNode(ctx, lab.NodeOptions{Name: fmt.Sprintf("node%d", i), Index: i})
+		if err != nil {
+			return err
+		}
+		if err := n.Start(); err != nil {
+			return err
+		}
+		if err := n.WaitReady(ctx); err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+	}
+	if out, err := cp.Kubectl("get", "nodes", "-o", "custom-columns=NAME:.metadata.name,INTERNAL-IP:.status.addresses[0].address,POD-CIDRS:.spec.podCIDRs,VTEP-MAC:.metadata.annotations.nodenet\\.dev/vtep-mac"); err == nil {
+		fmt.Print(out)
+	}
+
+	section("Creating the article's pods through libcni (as containerd does) and publishing them (as the kubelet does)")
+	pods := map[string]*lab.Pod{}
+	for _, ap := range articlePods {
+		n := nodes[ap.node]
+		rt, err := n.Runtime()
+		if err != nil {
+			return err
+		}
+		p, err := l.NewPod(ap.name)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := rt.Add(ctx, p); err != nil {
+			return fmt.Errorf("ADD %s: %w", ap.name, err)
+		}
+		took := time.Since(start)
+		if ap.serves {
+			if err := serveHTTP(p); err != nil {
+				return err
+			}
+		}
+		if err := cp.PublishPod(ctx, ap.namespace, map[string]string{"app": ap.app}, n, p, 80); err != nil {
+			return err
+		}
+		pods[ap.name] = p
+		fmt.Printf("%-10s %-14s on %s  %-16s (CNI ADD took %v)\n", ap.namespace, ap.name, n.Name, p.IPs[0], took.Round(time.Millisecond))
+	}
+
+	section("Pod to pod across nodes (no NAT: the server sees the client pod's own address)")
+	test := pods["default-test"]
+	for _, target := range []string{"default-nginx", "test-nginx"} {
+		addr := pods[target].IPs[0].Addr().String()
+		c.report(fmt.Sprintf("ping default-test → %s (%s)", target, addr), test.NS.Ping(addr))
+		body, err := httpGet(ctx, test, addr)
+		c.report(fmt.Sprintf("curl http://%s/ from default-test → %q", addr, body), err)
+	}
+	if out, err := nodes[0].NS.Run("ip", "route", "show", "proto", "0x4e"); err == nil {
+		fmt.Print("\nroutes node1 keeps to the other node's pods (nodenet's route protocol 0x4e):\n", out)
+	}
+
+	section("The article's Services")
+	if err := createServices(ctx, cp); err != nil {
+		return err
+	}
+	if out, err := cp.Kubectl("get", "services", "-A", "-o", "wide"); err == nil {
+		fmt.Print(out)
+	}
+	waitForSlices(ctx, cp, 3)
+	if out, err := cp.Kubectl("get", "endpointslices", "-A"); err == nil {
+		fmt.Print("\n", out)
+	}
+	fmt.Println("\nService load balancing (ClusterIP, NodePort) and cluster DNS are the next nodenet releases;")
+	fmt.Println("this demo shows their rules and lookups as they land.")
+	return nil
+}
+
+// waitForSlices gives the endpointslice controller up to ten seconds to publish the Services'
+// slices, so the listing shows them; the demo goes on either way.
+func waitForSlices(ctx context.Context, cp *lab.ControlPlane, services int) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		list, err := cp.Client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{LabelSelector: "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"})
+		if err == nil && len(list.Items) >= services {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func createServices(ctx context.Context, cp *lab.ControlPlane) error {
+	svcs := []*corev1.Service{
+		{ObjectMeta: metav1.ObjectMeta{Name: "default-svc", Namespace: "default"},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "default-nginx"},
+				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80)}}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "test-svc", Namespace: "test"},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "test-nginx"},
+				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80)}}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "nginx-svc", Namespace: "default"},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "default-nginx"},
+				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80), NodePort: 30080}}}},
+	}
+	for _, s := range svcs {
+		if _, err := cp.Client.CoreV1().Services(s.Namespace).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create service %s/%s: %w", s.Namespace, s.Name, err)
+		}
+	}
+	return nil
+}
+
+// serveHTTP stands in for nginx: a small HTTP server on port 80 inside the pod, running until the
+// pod's namespace goes away with the lab.
+func serveHTTP(p *lab.Pod) error {
+	l, err := p.NS.Listen("tcp", ":80")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s", p.Name)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	// Serve ends when the demo process exits; there is nothing to report then.
+	go srv.Serve(l)
+	return nil
+}
+
+func httpGet(ctx context.Context, from *lab.Pod, addr string) (string, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) { return from.NS.Dial(ctx, network, a) },
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(b)), err
+}
+
+func section(title string) { fmt.Printf("\n=== %s\n", title) }
+
+// checks counts what the demo showed failing, so `make demo` exits non-zero when nodenet is broken.
+type checks struct{ failed int }
+
+func (c *checks) report(what string, err error) {
+	if err != nil {
+		c.failed++
+		fmt.Printf("FAIL %s: %v\n", what, err)
+		return
+	}
+	fmt.Printf("ok   %s\n", what)
+}
