@@ -60,17 +60,7 @@ func (c *cluster) join(t *testing.T, name string, index int, mode string) *lab.N
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := n.WaitReady(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("daemon log of %s:\n%s", n.Name, n.LogTail(30))
-		}
-	})
+	runDaemon(t, n)
 	return n
 }
 
@@ -249,6 +239,14 @@ func TestDaemonIdentityIsLeastPrivilege(t *testing.T) {
 			t.Errorf("daemon identity: %v should be allowed: %v", a, err)
 		}
 	}
+	// The API server enforces an admission policy once its informers have seen it, a moment
+	// after it was applied: wait for that, then every one must be denied.
+	eventually(t, 20*time.Second, "admission policy in force", func() error {
+		if asDaemon(denied[0]...) == nil {
+			return errString("annotating another Node is still allowed")
+		}
+		return nil
+	})
 	for _, d := range denied {
 		if err := asDaemon(d...); err == nil {
 			t.Errorf("daemon identity: %v should be denied, and was allowed", d)

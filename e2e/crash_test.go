@@ -18,17 +18,8 @@ import (
 func TestKillDuringAdds(t *testing.T) {
 	const pods = 50
 	l := newLab(t)
-	node := startNode(t, l, lab.NodeOptions{Name: "node1", Index: 1})
-	rt, err := node.Runtime()
-	if err != nil {
-		t.Fatal(err)
-	}
-	all := make([]*lab.Pod, pods)
-	for i := range all {
-		if all[i], err = l.NewPod(fmt.Sprintf("k%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	node, rt := startNodeRuntime(t, l)
+	all := newPods(t, l, "k", pods)
 	ctx := t.Context()
 	var wg sync.WaitGroup
 	errs := make([]error, pods)

@@ -142,6 +142,13 @@ func startNode(t *testing.T, l *lab.Lab, opts lab.NodeOptions) *lab.Node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runDaemon(t, n)
+	return n
+}
+
+// runDaemon starts a node's daemon, waits until it is ready, and shows its log if the test fails.
+func runDaemon(t *testing.T, n *lab.Node) {
+	t.Helper()
 	if err := n.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +160,6 @@ func startNode(t *testing.T, l *lab.Lab, opts lab.NodeOptions) *lab.Node {
 			t.Logf("daemon log of %s:\n%s", n.Name, n.LogTail(40))
 		}
 	})
-	return n
 }
 
 // podVeths lists the host-side pod veths in a node's namespace.

@@ -180,19 +180,9 @@ func withVersion(t *testing.T, conflist []byte, v string) []byte {
 // TestConcurrentAdds networks 100 pods at once, checks every address is distinct and reachable,
 // then deletes them all at once and checks nothing is left: no veth, no allocation on disk.
 func TestConcurrentAdds(t *testing.T) {
-	const pods = 100
 	l := newLab(t)
-	node := startNode(t, l, lab.NodeOptions{Name: "node1", Index: 1})
-	rt, err := node.Runtime()
-	if err != nil {
-		t.Fatal(err)
-	}
-	all := make([]*lab.Pod, pods)
-	for i := range all {
-		if all[i], err = l.NewPod(fmt.Sprintf("c%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	node, rt := startNodeRuntime(t, l)
+	all := newPods(t, l, "c", 100)
 	ctx := t.Context()
 	runAll(t, all, func(p *lab.Pod) error { return rt.Add(ctx, p) })
 	seen := map[netip.Addr]string{}
@@ -218,6 +208,30 @@ func TestConcurrentAdds(t *testing.T) {
 	if left := allocations(t, node); len(left) != 0 {
 		t.Errorf("%d allocations left on disk after DEL: %v", len(left), left)
 	}
+}
+
+// startNodeRuntime starts a standalone node and returns it with its runtime.
+func startNodeRuntime(t *testing.T, l *lab.Lab) (*lab.Node, *lab.Runtime) {
+	t.Helper()
+	node := startNode(t, l, lab.NodeOptions{Name: "node1", Index: 1})
+	rt, err := node.Runtime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return node, rt
+}
+
+// newPods creates count pod namespaces named prefix0, prefix1, ...
+func newPods(t *testing.T, l *lab.Lab, prefix string, count int) []*lab.Pod {
+	t.Helper()
+	all := make([]*lab.Pod, count)
+	for i := range all {
+		var err error
+		if all[i], err = l.NewPod(fmt.Sprintf("%s%d", prefix, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return all
 }
 
 // runAll runs f for every pod at once and fails the test with every error.
