@@ -25,11 +25,11 @@ type state struct {
 	ClusterBin      string `json:"clusterBin"`
 }
 
-func statePath() string { return filepath.Join(stateDir, "state.json") }
-func logPath() string   { return filepath.Join(stateDir, "demo.log") }
+func statePath(dir string) string { return filepath.Join(dir, "state.json") }
+func logPath(dir string) string   { return filepath.Join(dir, "demo.log") }
 
-func readState() (*state, error) {
-	data, err := os.ReadFile(statePath())
+func readState(dir string) (*state, error) {
+	data, err := os.ReadFile(statePath(dir))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, errors.New("no demo is running (start one with: sudo make demo)")
 	}
@@ -44,23 +44,23 @@ func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 
 // up starts `demo serve` in its own session, so the cluster outlives this command, and shows its
 // output until the lab is complete.
-func up(bin, clusterBin string) error {
-	if s, err := readState(); err == nil && alive(s.PID) {
+func up(dir, bin, clusterBin, prefix string) error {
+	if s, err := readState(dir); err == nil && alive(s.PID) {
 		return fmt.Errorf("a demo is already running (pid %d); use: sudo make demo-shell, or sudo make demo-down", s.PID)
 	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	logFile, err := os.Create(logPath())
+	logFile, err := os.Create(logPath(dir))
 	if err != nil {
 		return err
 	}
 	defer logFile.Close()
-	cmd := exec.Command(exe, "serve", "--bin", bin, "--cluster-bin", clusterBin)
+	cmd := exec.Command(exe, "serve", "--state", dir, "--bin", bin, "--cluster-bin", clusterBin, "--prefix", prefix)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -68,7 +68,7 @@ func up(bin, clusterBin string) error {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	return follow(logPath(), exited)
+	return follow(logPath(dir), exited)
 }
 
 // follow prints the background demo's log as it grows, until the ready marker or its exit.
@@ -103,8 +103,8 @@ func follow(path string, exited <-chan error) error {
 }
 
 // shell opens a shell in the control-plane namespace with kubectl set up for the cluster.
-func shell() error {
-	s, err := readState()
+func shell(dir string) error {
+	s, err := readState(dir)
 	if err != nil {
 		return err
 	}
@@ -123,8 +123,8 @@ func shell() error {
 }
 
 // down stops the background demo, which removes everything it created, and checks it is gone.
-func down() error {
-	s, err := readState()
+func down(dir string) error {
+	s, err := readState(dir)
 	if err != nil {
 		return err
 	}
@@ -135,12 +135,12 @@ func down() error {
 		deadline := time.Now().Add(90 * time.Second)
 		for alive(s.PID) {
 			if time.Now().After(deadline) {
-				return fmt.Errorf("demo pid %d still running after 90s; see %s", s.PID, logPath())
+				return fmt.Errorf("demo pid %d still running after 90s; see %s", s.PID, logPath(dir))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	if out, err := os.ReadFile(logPath()); err == nil {
+	if out, err := os.ReadFile(logPath(dir)); err == nil {
 		if i := strings.LastIndex(string(out), "=== Cleaning up"); i >= 0 {
 			fmt.Print(string(out[i:]))
 		}
@@ -148,5 +148,5 @@ func down() error {
 	if _, err := os.Stat(filepath.Join("/run/netns", s.ControlPlaneNS)); err == nil {
 		return fmt.Errorf("namespace %s is still there after the demo stopped", s.ControlPlaneNS)
 	}
-	return os.RemoveAll(stateDir)
+	return os.RemoveAll(dir)
 }

@@ -14,8 +14,8 @@ import (
 	"os"
 )
 
-// stateDir records the running demo (its PID, namespaces, kubeconfig) between the commands.
-const stateDir = "/run/nodenet-demo"
+// defaultStateDir records the running demo (its PID, namespaces, kubeconfig) between the commands.
+const defaultStateDir = "/run/nodenet-demo"
 
 func main() {
 	if len(os.Args) < 2 {
@@ -29,19 +29,21 @@ func main() {
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	bin := fs.String("bin", "bin", "directory holding nodenet and nodenet-cni")
 	clusterBin := fs.String("cluster-bin", "", "directory holding etcd, kube-apiserver, kube-controller-manager and kubectl (hack/cluster-bins.sh)")
+	dir := fs.String("state", defaultStateDir, "directory recording the running demo")
+	prefix := fs.String("prefix", "nd", "prefix of the demo's network namespace names")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "up":
-		err = up(*bin, *clusterBin)
+		err = up(*dir, *bin, *clusterBin, *prefix)
 	case "serve":
-		err = serve(*bin, *clusterBin)
+		err = serve(*dir, *bin, *clusterBin, *prefix)
 	case "shell":
-		err = shell()
+		err = shell(*dir)
 	case "down":
-		err = down()
+		err = down(*dir)
 	default:
 		err = fmt.Errorf("unknown command %q (want up, shell or down)", os.Args[1])
 	}

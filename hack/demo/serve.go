@@ -36,14 +36,14 @@ var articlePods = []articlePod{
 
 // serve builds the cluster, shows the lab, prints the ready marker and keeps everything running
 // until SIGTERM or SIGINT, then removes it all.
-func serve(bin, clusterBin string) (err error) {
+func serve(dir, bin, clusterBin, prefix string) (err error) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	abs, err := filepath.Abs(bin)
 	if err != nil {
 		return err
 	}
-	l, err := lab.New(abs, "nd")
+	l, err := lab.New(abs, prefix)
 	if err != nil {
 		return err
 	}
@@ -55,7 +55,7 @@ func serve(bin, clusterBin string) (err error) {
 		fmt.Println("all namespaces, processes and files of the demo are removed")
 	}()
 	var c checks
-	if err := show(ctx, l, clusterBin, &c); err != nil {
+	if err := show(ctx, l, dir, clusterBin, &c); err != nil {
 		return err
 	}
 	if c.failed > 0 {
@@ -66,7 +66,7 @@ func serve(bin, clusterBin string) (err error) {
 	return nil
 }
 
-func show(ctx context.Context, l *lab.Lab, clusterBin string, c *checks) error {
+func show(ctx context.Context, l *lab.Lab, dir, clusterBin string, c *checks) error {
 	section("Starting the control plane (etcd, kube-apiserver, kube-controller-manager) in its own namespace")
 	cp, err := l.StartControlPlane(ctx, clusterBin)
 	if err != nil {
@@ -77,7 +77,7 @@ func show(ctx context.Context, l *lab.Lab, clusterBin string, c *checks) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(statePath(), data, 0o600); err != nil {
+	if err := os.WriteFile(statePath(dir), data, 0o600); err != nil {
 		return err
 	}
 	fmt.Printf("API server %s\n", cp.Server)
