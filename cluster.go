@@ -20,6 +20,26 @@ import (
 // routeResyncInterval bounds how long a route another program removed stays missing.
 const routeResyncInterval = 10 * time.Second
 
+// retry runs f until it succeeds or ctx ends, logging each failure: the API server may be
+// restarting, or the Node not yet complete (a cloud provider sets its addresses), and a daemon that
+// exits instead would crash-loop the whole node's networking.
+func retry(ctx context.Context, log *zap.Logger, what string, f func() error) error {
+	delay := 500 * time.Millisecond
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		log.Warn(what+"; retrying", zap.Error(err), zap.Duration("in", delay))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Second)
+	}
+}
+
 // nodeAddress is this node's underlay address: its Node's first InternalIP, the address kubelet
 // reports and the one peers route to.
 func nodeAddress(ctx context.Context, client kubernetes.Interface, nodeName string) (netip.Addr, error) {

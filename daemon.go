@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
@@ -97,6 +98,15 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	if err != nil {
 		return fmt.Errorf("open nftables: %w", err)
 	}
+	// The node's namespace, held open for the daemon's life: /proc/self/ns/net names the main
+	// thread's namespace, and that thread may be inside a pod's namespace at any moment while a
+	// goroutine configures the pod.
+	nodeNS, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("open the node's network namespace: %w", err)
+	}
+	defer nodeNS.Close()
+	nodeNetns := fmt.Sprintf("/proc/self/fd/%d", int(nodeNS))
 
 	bg, bgCtx := errgroup.WithContext(ctx)
 	defer func() {
@@ -122,7 +132,7 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 		Gateways:     alloc.Gateways(),
 		PodCIDRs:     podCIDRs,
 		ClusterCIDRs: d.cfg.ClusterCIDRs,
-		NodeNetns:    "/proc/self/ns/net",
+		NodeNetns:    nodeNetns,
 	}, nl, nft, d.log)
 	if err != nil {
 		return err
@@ -170,8 +180,11 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 // startRouting sets up the routes to other nodes' pods: the VXLAN device (its MAC published on
 // this Node for peers), the informers, and the loop that follows Node changes.
 func (d *daemon) startRouting(ctx context.Context, bg *errgroup.Group, client kubernetes.Interface, nl *netlink.Handle, podCIDRs []netip.Prefix) (routing.VTEP, error) {
-	addr, err := nodeAddress(ctx, client, d.cfg.NodeName)
-	if err != nil {
+	var addr netip.Addr
+	if err := retry(ctx, d.log, "read this node's InternalIP", func() (err error) {
+		addr, err = nodeAddress(ctx, client, d.cfg.NodeName)
+		return err
+	}); err != nil {
 		return routing.VTEP{}, err
 	}
 	overlay, err := routing.NewOverlay(routing.OverlayConfig{Mode: d.cfg.Routing.Mode, LocalAddress: addr, PodCIDRs: podCIDRs}, nl, d.log)
@@ -182,7 +195,9 @@ func (d *daemon) startRouting(ctx context.Context, bg *errgroup.Group, client ku
 	if err != nil {
 		return routing.VTEP{}, fmt.Errorf("set up routing to other nodes: %w", err)
 	}
-	if err := publishVTEP(ctx, client, d.cfg.NodeName, vtep); err != nil {
+	if err := retry(ctx, d.log, "publish the VXLAN device on this Node", func() error {
+		return publishVTEP(ctx, client, d.cfg.NodeName, vtep)
+	}); err != nil {
 		return routing.VTEP{}, err
 	}
 	h, err := hub.New(client, d.log)
@@ -239,16 +254,21 @@ func (d *daemon) serveHTTP(ctx context.Context, addr string, h http.Handler) err
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	shutDown := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
+		defer close(shutDown)
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
 			d.log.Warn("shut down HTTP server", zap.String("address", addr), zap.Error(err))
 		}
 	})
-	defer stop()
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+	err = srv.Serve(l)
+	if !errors.Is(err, http.ErrServerClosed) {
+		stop()
 		return fmt.Errorf("serve %s: %w", addr, err)
 	}
+	// Serve returns as soon as Shutdown starts; wait for it to finish the requests in flight.
+	<-shutDown
 	return nil
 }

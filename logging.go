@@ -15,9 +15,11 @@ func newLogger(c config.Logging) (*zap.Logger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("logging.level: %w", err)
 	}
+	// Production behaviour either way (no development panics, no stack traces on warnings); only
+	// the encoding differs.
 	zc := zap.NewProductionConfig()
 	if c.Format == "console" {
-		zc = zap.NewDevelopmentConfig()
+		zc.Encoding = "console"
 		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
 	}
 	zc.Level = zap.NewAtomicLevelAt(level)

@@ -130,18 +130,25 @@ func (s *Server) Run(ctx context.Context) error {
 	// Also on an accept error: clients must fail fast ("try again later"), not queue on a socket
 	// nobody serves. Closing twice after cancellation is harmless.
 	defer s.listener.Close()
+	delay := time.Duration(0)
 	for {
 		conn, err := s.listener.Accept()
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			// Out of descriptors in a burst of ADDs, or one aborted connection: back off and go
+			// on, as net/http does; the node's networking must not stop over it.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept on CNI socket; retrying", zap.Error(err), zap.Duration("in", delay))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(delay):
 			}
-			return fmt.Errorf("accept on %s: %w", s.cfg.Socket, err)
+			continue
 		}
+		delay = 0
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
