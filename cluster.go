@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -85,23 +86,42 @@ func nullIfEmpty(s string) any {
 // routeSyncer keeps the routes to other nodes' pods in step with the Node objects: every change
 // the hub reports, and a periodic resync that restores what another program removed.
 type routeSyncer struct {
-	hub      *hub.Hub
-	overlay  *routing.Overlay
-	self     string
-	family   netip.Addr
-	changes  <-chan struct{}
-	log      *zap.Logger
-	lastSeen string
+	hub     *hub.Hub
+	overlay *routing.Overlay
+	self    string
+	family  netip.Addr
+	changes <-chan struct{}
+	log     *zap.Logger
+	// ownCIDRs are the pod ranges IPAM serves. When they came from the Node (not the config), a
+	// different spec.podCIDRs on this Node (deleted and re-registered) stops the daemon, so it
+	// restarts on the new range instead of handing out addresses peers no longer route here.
+	ownCIDRs     []netip.Prefix
+	cidrsFromAPI bool
+	lastSeen     string
 }
 
+// syncWarnInterval is how often a still-unsynced informer cache is reported.
+const syncWarnInterval = 30 * time.Second
+
 func (r *routeSyncer) run(ctx context.Context) error {
-	if err := r.hub.WaitForSync(ctx); err != nil {
-		return err
+	for {
+		wctx, cancel := context.WithTimeout(ctx, syncWarnInterval)
+		err := r.hub.WaitForSync(wctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.log.Warn("Node informer has not synced yet: no routes to other nodes until it does (can the daemon list and watch nodes?)")
 	}
 	ticker := time.NewTicker(routeResyncInterval)
 	defer ticker.Stop()
 	for {
-		r.sync()
+		if err := r.sync(); err != nil {
+			return err
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -111,15 +131,18 @@ func (r *routeSyncer) run(ctx context.Context) error {
 	}
 }
 
-func (r *routeSyncer) sync() {
+func (r *routeSyncer) sync() error {
 	nodes, err := r.hub.Nodes()
 	if err != nil {
 		r.log.Error("list nodes", zap.Error(err))
-		return
+		return nil
 	}
 	peers := make([]routing.Peer, 0, len(nodes))
 	for _, n := range nodes {
 		if n.Name == r.self {
+			if r.cidrsFromAPI && len(n.PodCIDRs) > 0 && !slices.Equal(n.PodCIDRs, r.ownCIDRs) {
+				return fmt.Errorf("this Node's spec.podCIDRs changed from %v to %v: restarting to serve the new range", r.ownCIDRs, n.PodCIDRs)
+			}
 			continue
 		}
 		peers = append(peers, routing.Peer{Name: n.Name, Address: pickAddress(n.InternalIPs, r.family), PodCIDRs: n.PodCIDRs, VTEPMAC: n.VTEPMAC})
@@ -135,6 +158,7 @@ func (r *routeSyncer) sync() {
 			zap.Strings("skipped", res.Skipped), zap.Int("changes", res.Changes))
 		r.lastSeen = summary
 	}
+	return nil
 }
 
 // pickAddress prefers an address of the same family as this node's own underlay address.

@@ -204,7 +204,8 @@ func (d *daemon) startRouting(ctx context.Context, bg *errgroup.Group, client ku
 	if err != nil {
 		return routing.VTEP{}, err
 	}
-	syncer := &routeSyncer{hub: h, overlay: overlay, self: d.cfg.NodeName, family: addr, changes: h.Subscribe(), log: d.log.Named("routes")}
+	syncer := &routeSyncer{hub: h, overlay: overlay, self: d.cfg.NodeName, family: addr, changes: h.Subscribe(),
+		log: d.log.Named("routes"), ownCIDRs: podCIDRs, cidrsFromAPI: len(d.cfg.PodCIDRs) == 0}
 	bg.Go(func() error { return h.Run(ctx) })
 	bg.Go(func() error { return syncer.run(ctx) })
 	return vtep, nil

@@ -99,6 +99,8 @@ func runDaemon(args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts a graceful stop; a second one ends the process at once.
+	context.AfterFunc(ctx, stop)
 	d := &daemon{cfg: cfg, shimPath: *shimPath, log: log}
 	return d.run(ctx)
 }

@@ -159,6 +159,23 @@ func testNodeJoinsAndLeaves(t *testing.T, c *cluster, n1 *lab.Node, a *lab.Pod) 
 		}
 		return nil
 	})
+
+	// The Node comes back with another pod range (deleted and re-registered): its daemon must not
+	// go on handing out addresses of the old range, which peers now route elsewhere.
+	renewed := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node3"},
+		Spec: corev1.NodeSpec{PodCIDR: "10.244.99.0/24", PodCIDRs: []string{"10.244.99.0/24"}}}
+	if _, err := c.cp.Client.CoreV1().Nodes().Create(t.Context(), renewed, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "node3's daemon stops on its changed podCIDRs", func() error {
+		if exited, _ := n3.Exited(); !exited {
+			return errString("still running")
+		}
+		return nil
+	})
+	if log := n3.LogTail(10); !strings.Contains(log, "spec.podCIDRs changed") {
+		t.Errorf("daemon log does not say why it stopped:\n%s", log)
+	}
 }
 
 // testEndpointSlices: a pod the harness publishes as the kubelet would appears in the
