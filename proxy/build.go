@@ -1,0 +1,518 @@
+package proxy
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+)
+
+// TableName is the inet table nodenet owns.
+const TableName = "nodenet"
+
+// MasqueradeMark is the packet-mark bit that asks postrouting to masquerade.
+const MasqueradeMark uint32 = 0x4000
+
+// Names of the fixed chains.
+const (
+	chainFilterPrerouting = "filter-prerouting"
+	chainFilterOutput     = "filter-output"
+	chainNatPrerouting    = "nat-prerouting"
+	chainNatOutput        = "nat-output"
+	chainNatPostrouting   = "nat-postrouting"
+	chainServices         = "services"
+	chainEndpointsCheck   = "service-endpoints-check"
+	chainFirewallCheck    = "firewall-check"
+	chainMarkMasq         = "mark-for-masquerade"
+	chainMasquerading     = "masquerading"
+	chainReject           = "reject-chain"
+)
+
+// Hook priorities: filtering runs just before DNAT so it sees the
+// Service address, as kube-proxy's does.
+const (
+	prioDstNAT = -100
+	prioSrcNAT = 100
+	prioFilter = prioDstNAT - 10
+)
+
+var families = []Family{IPv4, IPv6}
+
+func famSuffix(f Family) string { return "-v" + strconv.Itoa(int(f)) }
+
+// Map and set names, per family.
+func mapServiceIPs(f Family) string       { return "service-ips" + famSuffix(f) }
+func mapServiceNodePorts(f Family) string { return "service-nodeports" + famSuffix(f) }
+func mapNoEPServices(f Family) string     { return "no-endpoint-services" + famSuffix(f) }
+func mapNoEPNodePorts(f Family) string    { return "no-endpoint-nodeports" + famSuffix(f) }
+func mapFirewallIPs(f Family) string      { return "firewall-ips" + famSuffix(f) }
+func setNodePortIPs(f Family) string      { return "nodeport-ips" + famSuffix(f) }
+
+var (
+	keyAddrProtoPort = []Field{FieldDaddr, FieldL4Proto, FieldDport}
+	keyProtoPort     = []Field{FieldL4Proto, FieldDport}
+	loopback         = map[Family]netip.Prefix{IPv4: netip.MustParsePrefix("127.0.0.0/8"), IPv6: netip.MustParsePrefix("::1/128")}
+)
+
+// Build computes the ruleset for s. It is pure and deterministic: the same
+// State, in any order, gives the same Model.
+func Build(s State) Model {
+	b := &builder{st: s, maps: map[string]*VerdictMap{}}
+	b.skeleton()
+	svcs := slices.Clone(s.Services)
+	slices.SortFunc(svcs, func(a, c Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, c.Namespace), cmp.Compare(a.Name, c.Name))
+	})
+	for _, svc := range svcs {
+		ports := slices.Clone(svc.Ports)
+		slices.SortFunc(ports, func(a, c ServicePort) int {
+			return cmp.Or(cmp.Compare(a.Name, c.Name), cmp.Compare(a.Protocol, c.Protocol), cmp.Compare(a.Port, c.Port))
+		})
+		for _, f := range families {
+			if len(addrsOf(svc.ClusterIPs, f)) == 0 {
+				continue
+			}
+			for _, p := range ports {
+				b.servicePort(svc, p, f)
+			}
+		}
+	}
+	return b.finish()
+}
+
+type builder struct {
+	st     State
+	fixed  []Chain // base and helper chains, in this order
+	chains []Chain // per-service chains
+	sets   []Set
+	maps   map[string]*VerdictMap
+	seen   map[string]bool
+}
+
+func (b *builder) skeleton() {
+	ctNew := Match{Field: FieldCtStateNew}
+	jump := func(c string) Action { return Action{Kind: ActJump, Chain: c} }
+	b.fixed = []Chain{
+		{Name: chainFilterPrerouting, Base: &Hook{"filter", "prerouting", prioFilter}, Rules: []Rule{
+			{Matches: []Match{ctNew}, Action: jump(chainFirewallCheck)},
+			{Matches: []Match{ctNew}, Action: jump(chainEndpointsCheck)},
+		}},
+		{Name: chainFilterOutput, Base: &Hook{"filter", "output", prioFilter}, Rules: []Rule{
+			{Matches: []Match{ctNew}, Action: jump(chainFirewallCheck)},
+			{Matches: []Match{ctNew}, Action: jump(chainEndpointsCheck)},
+		}},
+		{Name: chainNatPrerouting, Base: &Hook{"nat", "prerouting", prioDstNAT}, Rules: []Rule{{Action: jump(chainServices)}}},
+		{Name: chainNatOutput, Base: &Hook{"nat", "output", prioDstNAT}, Rules: []Rule{{Action: jump(chainServices)}}},
+		{Name: chainNatPostrouting, Base: &Hook{"nat", "postrouting", prioSrcNAT}, Rules: []Rule{{Action: jump(chainMasquerading)}}},
+	}
+	services := Chain{Name: chainServices}
+	epCheck := Chain{Name: chainEndpointsCheck}
+	fwCheck := Chain{Name: chainFirewallCheck}
+	for _, f := range families {
+		vmap := func(m string, key []Field) Action { return Action{Kind: ActVmap, Map: m, Key: key, Family: f} }
+		services.Rules = append(services.Rules, Rule{Action: vmap(mapServiceIPs(f), keyAddrProtoPort)})
+		epCheck.Rules = append(epCheck.Rules, Rule{Action: vmap(mapNoEPServices(f), keyAddrProtoPort)})
+		fwCheck.Rules = append(fwCheck.Rules, Rule{Action: vmap(mapFirewallIPs(f), keyAddrProtoPort)})
+
+		var local []Match
+		if len(b.st.Node.Addresses) > 0 {
+			// Only the listed addresses; a family without any gets an
+			// empty set, so no NodePort in that family.
+			local = []Match{{Field: FieldDaddr, Family: f, Set: setNodePortIPs(f)}}
+			b.sets = append(b.sets, Set{Name: setNodePortIPs(f), Family: f, Elements: addrsOf(b.st.Node.Addresses, f), Comment: "NodePort addresses"})
+		} else {
+			local = []Match{
+				{Field: FieldNFProto, Family: f},
+				{Field: FieldFibDaddrLoc},
+				{Field: FieldDaddr, Family: f, Neg: true, Prefixes: []netip.Prefix{loopback[f]}},
+			}
+		}
+		services.Rules = append(services.Rules, Rule{Matches: local, Action: vmap(mapServiceNodePorts(f), keyProtoPort)})
+		epCheck.Rules = append(epCheck.Rules, Rule{Matches: local, Action: vmap(mapNoEPNodePorts(f), keyProtoPort)})
+
+		for _, m := range []VerdictMap{
+			{Name: mapServiceIPs(f), Family: f, Key: keyAddrProtoPort},
+			{Name: mapServiceNodePorts(f), Family: f, Key: keyProtoPort},
+			{Name: mapNoEPServices(f), Family: f, Key: keyAddrProtoPort},
+			{Name: mapNoEPNodePorts(f), Family: f, Key: keyProtoPort},
+			{Name: mapFirewallIPs(f), Family: f, Key: keyAddrProtoPort},
+		} {
+			b.maps[m.Name] = &m
+		}
+	}
+	b.fixed = append(b.fixed, services, epCheck, fwCheck,
+		Chain{Name: chainMarkMasq, Rules: []Rule{{Action: Action{Kind: ActSetMark, Mark: MasqueradeMark}}}},
+		Chain{Name: chainMasquerading, Rules: []Rule{
+			{Matches: []Match{{Field: FieldMark, Neg: true, Mark: MasqueradeMark}}, Action: Action{Kind: ActReturn}},
+			{Action: Action{Kind: ActClearMark, Mark: MasqueradeMark}},
+			{Action: Action{Kind: ActMasquerade}},
+		}},
+		Chain{Name: chainReject, Rules: []Rule{
+			{Matches: []Match{{Field: FieldL4Proto, Proto: TCP}}, Action: Action{Kind: ActReject, Reject: RejectTCPReset}},
+			{Action: Action{Kind: ActReject, Reject: RejectPortUnreachable}},
+		}},
+	)
+}
+
+func (b *builder) addElem(mapName string, e MapElement) {
+	m := b.maps[mapName]
+	m.Elements = append(m.Elements, e)
+}
+
+func (b *builder) addChain(c Chain) {
+	if b.seen == nil {
+		b.seen = map[string]bool{}
+	}
+	if b.seen[c.Name] {
+		return
+	}
+	b.seen[c.Name] = true
+	b.chains = append(b.chains, c)
+}
+
+func (b *builder) finish() Model {
+	m := Model{Table: TableName, Chains: b.fixed}
+	slices.SortFunc(b.chains, func(a, c Chain) int { return cmp.Compare(a.Name, c.Name) })
+	m.Chains = append(m.Chains, b.chains...)
+	slices.SortFunc(b.sets, func(a, c Set) int { return cmp.Compare(a.Name, c.Name) })
+	m.Sets = b.sets
+	for _, f := range families {
+		for _, name := range []string{mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f)} {
+			vm := *b.maps[name]
+			slices.SortFunc(vm.Elements, func(a, c MapElement) int {
+				return cmp.Or(a.Key.Addr.Compare(c.Key.Addr), cmp.Compare(a.Key.Proto, c.Key.Proto), cmp.Compare(a.Key.Port, c.Key.Port))
+			})
+			m.Maps = append(m.Maps, vm)
+		}
+	}
+	return m
+}
+
+// portID is the readable tail of per-port chain names: ns/name/proto/port.
+func portID(svc Service, p ServicePort) string {
+	n := p.Name
+	if n == "" {
+		n = strconv.Itoa(int(p.Port))
+	}
+	return fmt.Sprintf("%s/%s/%s/%s", svc.Namespace, svc.Name, p.Protocol, n)
+}
+
+// shortHash gives 8 base32 characters of sha256: enough to keep names
+// unique, and with a namespace and name of at most 63 characters each every
+// name stays far below nftables' 256-character limit.
+func shortHash(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return base32.StdEncoding.EncodeToString(h.Sum(nil))[:8]
+}
+
+type portNames struct {
+	cluster, local, external, firewall string
+}
+
+func namesFor(svc Service, p ServicePort, f Family) portNames {
+	id := portID(svc, p)
+	h := shortHash(famSuffix(f), id)
+	return portNames{
+		cluster:  "service-" + h + "-" + id,
+		local:    "local-" + h + "-" + id,
+		external: "external-" + h + "-" + id,
+		firewall: "firewall-" + h + "-" + id,
+	}
+}
+
+type backend struct {
+	addr  netip.Addr
+	port  int32
+	chain string
+	set   string // affinity set, "" without affinity
+}
+
+func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
+	n := namesFor(svc, p, f)
+	cluster, local := b.categorize(svc, p, f)
+	lbIPs := addrsOf(svc.LoadBalancerIPs, f)
+	extIPs := addrsOf(svc.ExternalIPs, f)
+	hasExternal := len(lbIPs) > 0 || len(extIPs) > 0 || p.NodePort > 0
+	internalEPs, externalEPs := cluster, cluster
+	internalChain := n.cluster
+	if svc.InternalLocal {
+		internalEPs, internalChain = local, n.local
+	}
+	if svc.ExternalLocal {
+		externalEPs = local
+	}
+	hasEndpoints := len(cluster) > 0 || len(local) > 0
+	usesCluster := len(cluster) > 0 && (!svc.InternalLocal || (hasExternal && !svc.ExternalLocal))
+	usesLocal := len(local) > 0 && (svc.InternalLocal || (hasExternal && svc.ExternalLocal))
+	port := uint16(p.Port)
+
+	noEP := Action{Kind: ActDrop} // endpoints exist, just none that fit the policy
+	if !hasEndpoints {
+		noEP = Action{Kind: ActGoto, Chain: chainReject}
+	}
+	comment := portID(svc, p)
+
+	// Cluster IPs.
+	for _, ip := range addrsOf(svc.ClusterIPs, f) {
+		key := MapKey{Addr: ip, Proto: p.Protocol, Port: port}
+		if len(internalEPs) > 0 {
+			b.addElem(mapServiceIPs(f), MapElement{Key: key, Verdict: Action{Kind: ActGoto, Chain: internalChain}, Comment: comment})
+		} else {
+			b.addElem(mapNoEPServices(f), MapElement{Key: key, Verdict: noEP, Comment: comment})
+		}
+	}
+
+	// External destinations: external IPs, load-balancer IPs, NodePort.
+	external := func(mapName string, key MapKey) {
+		if len(externalEPs) > 0 {
+			b.addElem(mapName, MapElement{Key: key, Verdict: Action{Kind: ActGoto, Chain: n.external}, Comment: comment})
+		}
+	}
+	noExternal := func(mapName string, key MapKey) {
+		if len(externalEPs) == 0 {
+			b.addElem(mapName, MapElement{Key: key, Verdict: noEP, Comment: comment})
+		}
+	}
+	for _, ip := range append(slices.Clone(extIPs), lbIPs...) {
+		key := MapKey{Addr: ip, Proto: p.Protocol, Port: port}
+		external(mapServiceIPs(f), key)
+		noExternal(mapNoEPServices(f), key)
+	}
+	if p.NodePort > 0 {
+		key := MapKey{Proto: p.Protocol, Port: uint16(p.NodePort)}
+		external(mapServiceNodePorts(f), key)
+		noExternal(mapNoEPNodePorts(f), key)
+	}
+
+	// Source ranges guard the load-balancer IPs only; NodePort bypasses them.
+	if len(svc.LoadBalancerSourceRanges) > 0 && len(lbIPs) > 0 {
+		for _, ip := range lbIPs {
+			b.addElem(mapFirewallIPs(f), MapElement{Key: MapKey{Addr: ip, Proto: p.Protocol, Port: port},
+				Verdict: Action{Kind: ActGoto, Chain: n.firewall}, Comment: comment})
+		}
+		var rule Rule
+		if ranges := prefixesOf(svc.LoadBalancerSourceRanges, f); len(ranges) > 0 {
+			rule.Matches = []Match{{Field: FieldSaddr, Family: f, Neg: true, Prefixes: ranges}}
+		}
+		rule.Action = Action{Kind: ActDrop}
+		b.addChain(Chain{Name: n.firewall, Rules: []Rule{rule}})
+	}
+
+	// Endpoint chains.
+	affinity := svc.SessionAffinityTimeout > 0
+	mk := func(eps []Endpoint) []backend {
+		var out []backend
+		for _, ep := range eps {
+			epPort := ep.Ports[p.Name]
+			tail := fmt.Sprintf("%s__%s", comment, netip.AddrPortFrom(ep.Addr, uint16(epPort)))
+			h := shortHash(famSuffix(f), tail)
+			be := backend{addr: ep.Addr, port: epPort, chain: "endpoint-" + h + "-" + tail}
+			if affinity {
+				be.set = "affinity-" + h + "-" + tail
+			}
+			out = append(out, be)
+		}
+		return out
+	}
+	clusterBEs, localBEs := mk(cluster), mk(local)
+	var used []backend
+	if usesCluster {
+		used = append(used, clusterBEs...)
+	}
+	if usesLocal {
+		used = append(used, localBEs...)
+	}
+	for _, be := range used {
+		var rules []Rule
+		rules = append(rules, Rule{
+			Matches: []Match{{Field: FieldSaddr, Family: f, Prefixes: []netip.Prefix{netip.PrefixFrom(be.addr, be.addr.BitLen())}}},
+			Action:  Action{Kind: ActJump, Chain: chainMarkMasq},
+			Comment: "hairpin",
+		})
+		if be.set != "" {
+			if b.seen[be.set] {
+				continue
+			}
+			b.sets = append(b.sets, Set{Name: be.set, Family: f, Dynamic: true, Timeout: svc.SessionAffinityTimeout})
+			rules = append(rules, Rule{Action: Action{Kind: ActUpdate, Set: be.set, Key: []Field{FieldSaddr}, Family: f}})
+		}
+		rules = append(rules, Rule{
+			Matches: []Match{{Field: FieldL4Proto, Proto: p.Protocol}},
+			Action:  Action{Kind: ActDNAT, To: netip.AddrPortFrom(be.addr, uint16(be.port)), Family: f},
+		})
+		b.addChain(Chain{Name: be.chain, Rules: rules})
+		if be.set != "" {
+			b.seen[be.set] = true
+		}
+	}
+
+	// Policy chains pick a backend: an affinity hit first, else at random.
+	pick := func(bes []backend) []Rule {
+		var rules []Rule
+		for _, be := range bes {
+			if be.set != "" {
+				rules = append(rules, Rule{
+					Matches: []Match{{Field: FieldSaddr, Family: f, Set: be.set}},
+					Action:  Action{Kind: ActGoto, Chain: be.chain},
+				})
+			}
+		}
+		var targets []string
+		for _, be := range bes {
+			targets = append(targets, be.chain)
+		}
+		return append(rules, Rule{Action: Action{Kind: ActNumgen, Targets: targets}})
+	}
+	if usesCluster {
+		var rules []Rule
+		clusterIPs := prefixesFromAddrs(addrsOf(svc.ClusterIPs, f))
+		switch cidrs := prefixesOf(b.st.ClusterCIDRs, f); {
+		case b.st.MasqueradeAll:
+			rules = append(rules, Rule{
+				Matches: []Match{{Field: FieldDaddr, Family: f, Prefixes: clusterIPs}},
+				Action:  Action{Kind: ActJump, Chain: chainMarkMasq},
+				Comment: "masquerade all",
+			})
+		case len(cidrs) > 0:
+			rules = append(rules, Rule{
+				Matches: []Match{
+					{Field: FieldDaddr, Family: f, Prefixes: clusterIPs},
+					{Field: FieldSaddr, Family: f, Neg: true, Prefixes: cidrs},
+				},
+				Action:  Action{Kind: ActJump, Chain: chainMarkMasq},
+				Comment: "off-cluster source",
+			})
+		}
+		b.addChain(Chain{Name: n.cluster, Rules: append(rules, pick(clusterBEs)...)})
+	}
+	if usesLocal {
+		b.addChain(Chain{Name: n.local, Rules: pick(localBEs)})
+	}
+	if hasExternal && len(externalEPs) > 0 {
+		var rules []Rule
+		if !svc.ExternalLocal {
+			rules = []Rule{
+				{Action: Action{Kind: ActJump, Chain: chainMarkMasq}},
+				{Action: Action{Kind: ActGoto, Chain: n.cluster}},
+			}
+		} else {
+			if usesCluster {
+				// Traffic from pods and from the node itself is not
+				// external: it may use every endpoint, and from the node
+				// it must be masqueraded to come back.
+				if cidrs := prefixesOf(b.st.ClusterCIDRs, f); len(cidrs) > 0 {
+					rules = append(rules, Rule{
+						Matches: []Match{{Field: FieldSaddr, Family: f, Prefixes: cidrs}},
+						Action:  Action{Kind: ActGoto, Chain: n.cluster},
+						Comment: "pod source",
+					})
+				}
+				rules = append(rules,
+					Rule{Matches: []Match{{Field: FieldFibSaddrLoc}}, Action: Action{Kind: ActJump, Chain: chainMarkMasq}, Comment: "node source"},
+					Rule{Matches: []Match{{Field: FieldFibSaddrLoc}}, Action: Action{Kind: ActGoto, Chain: n.cluster}, Comment: "node source"},
+				)
+			}
+			rules = append(rules, Rule{Action: Action{Kind: ActGoto, Chain: n.local}})
+		}
+		b.addChain(Chain{Name: n.external, Rules: rules})
+	}
+}
+
+// categorize returns the endpoints of one Service port, family f, usable
+// cluster-wide and on this node: Ready ones, or if there are none,
+// Serving+Terminating ones (graceful termination). Cluster-wide endpoints
+// are narrowed to this node's zone when every endpoint carries hints and
+// some hint names the zone.
+func (b *builder) categorize(svc Service, p ServicePort, f Family) (cluster, local []Endpoint) {
+	var all []Endpoint
+	seen := map[netip.Addr]bool{}
+	for _, ep := range b.st.Endpoints[svc.Key()] {
+		if familyOf(ep.Addr) != f || seen[ep.Addr] {
+			continue
+		}
+		if port, ok := ep.Ports[p.Name]; !ok || port <= 0 || port > 65535 {
+			continue
+		}
+		seen[ep.Addr] = true
+		all = append(all, ep)
+	}
+	slices.SortFunc(all, func(a, c Endpoint) int { return a.Addr.Compare(c.Addr) })
+	choose := func(eps []Endpoint) []Endpoint {
+		var ready, term []Endpoint
+		for _, ep := range eps {
+			switch {
+			case ep.Ready:
+				ready = append(ready, ep)
+			case ep.Serving && ep.Terminating:
+				term = append(term, ep)
+			}
+		}
+		if len(ready) > 0 {
+			return ready
+		}
+		return term
+	}
+	cluster = choose(all)
+	if zone := b.st.Node.Zone; zone != "" && len(cluster) > 0 {
+		hinted, inZone := true, []Endpoint(nil)
+		for _, ep := range cluster {
+			if len(ep.ZoneHints) == 0 {
+				hinted = false
+			}
+			if slices.Contains(ep.ZoneHints, zone) {
+				inZone = append(inZone, ep)
+			}
+		}
+		if hinted && len(inZone) > 0 {
+			cluster = inZone
+		}
+	}
+	var mine []Endpoint
+	for _, ep := range all {
+		if ep.NodeName != "" && ep.NodeName == b.st.Node.Name {
+			mine = append(mine, ep)
+		}
+	}
+	return cluster, choose(mine)
+}
+
+func addrsOf(as []netip.Addr, f Family) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range as {
+		a = a.Unmap()
+		if a.IsValid() && familyOf(a) == f && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+func prefixesOf(ps []netip.Prefix, f Family) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		p = p.Masked()
+		if p.IsValid() && familyOf(p.Addr()) == f && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, c netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(c.Addr()), cmp.Compare(a.Bits(), c.Bits()))
+	})
+	return out
+}
+
+func prefixesFromAddrs(as []netip.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range as {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
+}

@@ -1,0 +1,247 @@
+package proxy
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+// Protocol is a transport protocol a Service port can use.
+type Protocol string
+
+// The protocols kube-proxy load-balances.
+const (
+	TCP  Protocol = "tcp"
+	UDP  Protocol = "udp"
+	SCTP Protocol = "sctp"
+)
+
+// ServiceKey names a Service.
+type ServiceKey struct {
+	Namespace, Name string
+}
+
+func (k ServiceKey) String() string { return k.Namespace + "/" + k.Name }
+
+// ServicePort is one port of a Service.
+type ServicePort struct {
+	Name                string
+	Protocol            Protocol
+	Port                int32
+	NodePort            int32 // 0 = none
+	HealthCheckNodePort int32 // served by the health server, not by rules
+}
+
+// Service is the part of a Kubernetes Service the proxy needs.
+type Service struct {
+	Namespace, Name          string
+	ClusterIPs               []netip.Addr
+	ExternalIPs              []netip.Addr
+	LoadBalancerIPs          []netip.Addr
+	LoadBalancerSourceRanges []netip.Prefix
+	Ports                    []ServicePort
+	SessionAffinityTimeout   time.Duration // 0 = no ClientIP affinity
+	ExternalLocal            bool          // externalTrafficPolicy: Local
+	InternalLocal            bool          // internalTrafficPolicy: Local
+}
+
+// Key returns the Service's key.
+func (s Service) Key() ServiceKey { return ServiceKey{s.Namespace, s.Name} }
+
+// Endpoint is one backend address of a Service.
+type Endpoint struct {
+	Addr        netip.Addr
+	Ports       map[string]int32 // by Service port name
+	NodeName    string
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	ZoneHints   []string
+}
+
+// Node holds the facts about the node the rules are built for.
+type Node struct {
+	Name string
+	Zone string
+	// Addresses accepting NodePort traffic. Empty means every local
+	// address (matched with `fib daddr type local`).
+	Addresses []netip.Addr
+}
+
+// State is everything Build needs.
+type State struct {
+	Services      []Service
+	Endpoints     map[ServiceKey][]Endpoint
+	Node          Node
+	ClusterCIDRs  []netip.Prefix // pod CIDRs; sources outside them are off-cluster
+	MasqueradeAll bool
+}
+
+const (
+	labelServiceName      = discoveryv1.LabelServiceName // kubernetes.io/service-name
+	labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+)
+
+// FromObjects converts API objects to proxy input the way kube-proxy reads
+// them: headless, ExternalName and Services claimed by another proxy
+// (service.kubernetes.io/service-proxy-name) are skipped; EndpointSlices are
+// merged by their kubernetes.io/service-name label and endpoints deduplicated
+// by address; a nil ready condition counts as ready.
+func FromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node Node, clusterCIDRs []netip.Prefix, masqueradeAll bool) State {
+	st := State{
+		Endpoints:     map[ServiceKey][]Endpoint{},
+		Node:          node,
+		ClusterCIDRs:  clusterCIDRs,
+		MasqueradeAll: masqueradeAll,
+	}
+	wanted := map[ServiceKey]bool{}
+	for _, svc := range svcs {
+		s, ok := serviceFromObject(svc)
+		if !ok {
+			continue
+		}
+		st.Services = append(st.Services, s)
+		wanted[s.Key()] = true
+	}
+	seen := map[ServiceKey]map[netip.Addr]int{}
+	for _, sl := range eps {
+		name := sl.Labels[labelServiceName]
+		key := ServiceKey{sl.Namespace, name}
+		if name == "" || !wanted[key] {
+			continue
+		}
+		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		ports := map[string]int32{}
+		for _, p := range sl.Ports {
+			if p.Port == nil {
+				continue
+			}
+			n := ""
+			if p.Name != nil {
+				n = *p.Name
+			}
+			ports[n] = *p.Port
+		}
+		if seen[key] == nil {
+			seen[key] = map[netip.Addr]int{}
+		}
+		for _, e := range sl.Endpoints {
+			if len(e.Addresses) == 0 {
+				continue
+			}
+			addr, err := netip.ParseAddr(e.Addresses[0])
+			if err != nil {
+				continue
+			}
+			addr = addr.Unmap()
+			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
+			serving := ready
+			if e.Conditions.Serving != nil {
+				serving = *e.Conditions.Serving
+			}
+			ep := Endpoint{
+				Addr:        addr,
+				Ports:       map[string]int32{},
+				Ready:       ready,
+				Serving:     serving,
+				Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
+			}
+			if e.NodeName != nil {
+				ep.NodeName = *e.NodeName
+			}
+			if e.Hints != nil {
+				for _, z := range e.Hints.ForZones {
+					ep.ZoneHints = append(ep.ZoneHints, z.Name)
+				}
+			}
+			if i, dup := seen[key][addr]; dup {
+				// The same address in two slices (e.g. during a slice
+				// split): merge its ports, keep the first conditions.
+				for n, p := range ports {
+					st.Endpoints[key][i].Ports[n] = p
+				}
+				continue
+			}
+			for n, p := range ports {
+				ep.Ports[n] = p
+			}
+			seen[key][addr] = len(st.Endpoints[key])
+			st.Endpoints[key] = append(st.Endpoints[key], ep)
+		}
+	}
+	return st
+}
+
+func serviceFromObject(svc *corev1.Service) (Service, bool) {
+	if _, ok := svc.Labels[labelServiceProxyName]; ok {
+		return Service{}, false
+	}
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return Service{}, false
+	}
+	if svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		return Service{}, false
+	}
+	s := Service{
+		Namespace:     svc.Namespace,
+		Name:          svc.Name,
+		ClusterIPs:    parseAddrs(svc.Spec.ClusterIPs),
+		ExternalIPs:   parseAddrs(svc.Spec.ExternalIPs),
+		ExternalLocal: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
+		InternalLocal: svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
+	}
+	if len(s.ClusterIPs) == 0 {
+		s.ClusterIPs = parseAddrs([]string{svc.Spec.ClusterIP})
+	}
+	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			if ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy {
+				continue // the load balancer proxies; traffic arrives at the node, not the VIP
+			}
+			s.LoadBalancerIPs = append(s.LoadBalancerIPs, parseAddrs([]string{ing.IP})...)
+		}
+		for _, r := range svc.Spec.LoadBalancerSourceRanges {
+			if p, err := netip.ParsePrefix(strings.TrimSpace(r)); err == nil {
+				s.LoadBalancerSourceRanges = append(s.LoadBalancerSourceRanges, p.Masked())
+			}
+		}
+	}
+	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		secs := int32(corev1.DefaultClientIPServiceAffinitySeconds)
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			secs = *c.ClientIP.TimeoutSeconds
+		}
+		s.SessionAffinityTimeout = time.Duration(secs) * time.Second
+	}
+	for _, p := range svc.Spec.Ports {
+		proto := Protocol(strings.ToLower(string(p.Protocol)))
+		if proto == "" {
+			proto = TCP
+		}
+		if !slices.Contains([]Protocol{TCP, UDP, SCTP}, proto) {
+			continue
+		}
+		sp := ServicePort{Name: p.Name, Protocol: proto, Port: p.Port, NodePort: p.NodePort}
+		if s.ExternalLocal {
+			sp.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
+		}
+		s.Ports = append(s.Ports, sp)
+	}
+	return s, true
+}
+
+func parseAddrs(ss []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		if a, err := netip.ParseAddr(strings.TrimSpace(s)); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
