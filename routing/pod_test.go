@@ -220,12 +220,7 @@ func TestAttachPodFailureLeavesNothing(t *testing.T) {
 
 	t.Run("netns does not exist", func(t *testing.T) {
 		p := podNetwork("/run/netns/nodenet-test-does-not-exist", "gone", "10.244.1.20/24")
-		if _, err := l.AttachPod(p); err == nil {
-			t.Fatal("AttachPod succeeded")
-		}
-		if linkExists(t, nd.nl, p.HostVeth) {
-			t.Error("host veth left behind")
-		}
+		attachFailsClean(t, nd, l, p, "")
 	})
 
 	t.Run("interface name taken in the pod", func(t *testing.T) {
@@ -237,12 +232,7 @@ func TestAttachPodFailureLeavesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		p := podNetwork(podNS.Path(), "taken", "10.244.1.21/24")
-		if _, err := l.AttachPod(p); err == nil {
-			t.Fatal("AttachPod succeeded")
-		}
-		if linkExists(t, nd.nl, p.HostVeth) {
-			t.Error("host veth left behind")
-		}
+		attachFailsClean(t, nd, l, p, "")
 	})
 
 	t.Run("failure after the veth exists", func(t *testing.T) {
@@ -250,17 +240,24 @@ func TestAttachPodFailureLeavesNothing(t *testing.T) {
 		p := podNetwork(podNS.Path(), "badgw", "10.244.1.22/24")
 		// Not on the pod's subnet: the kernel refuses the default route, the last step.
 		p.Gateways = []netip.Prefix{netip.MustParsePrefix("10.9.9.1/24")}
-		_, err := l.AttachPod(p)
-		if err == nil || !strings.Contains(err.Error(), "default route") {
-			t.Fatalf("AttachPod: %v, want a default route error", err)
-		}
-		if linkExists(t, nd.nl, p.HostVeth) {
-			t.Error("host veth left behind")
-		}
+		attachFailsClean(t, nd, l, p, "default route")
 		if linkExists(t, nsHandle(t, podNS), "eth0") {
 			t.Error("pod end left behind")
 		}
 	})
+}
+
+// attachFailsClean asserts AttachPod fails (with an error containing want, if given) and leaves
+// no host veth behind.
+func attachFailsClean(t *testing.T, nd *node, l *Local, p PodNetwork, want string) {
+	t.Helper()
+	_, err := l.AttachPod(p)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("AttachPod: %v, want an error containing %q", err, want)
+	}
+	if linkExists(t, nd.nl, p.HostVeth) {
+		t.Error("host veth left behind")
+	}
 }
 
 func TestCheckPod(t *testing.T) {
