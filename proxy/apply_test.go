@@ -1,0 +1,435 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap/zaptest"
+)
+
+// requireRoot stops a test that needs root: it fails in CI, where tests run
+// as root and a silent skip would hide the kernel tests, and skips elsewhere.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("test needs root, and CI runs as root")
+	}
+	t.Skip("test needs root")
+}
+
+func requireNft(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("test needs nft installed: %v", err)
+		}
+		t.Skipf("test needs nft: %v", err)
+	}
+}
+
+// newNS creates a network namespace, removed when the test ends.
+func newNS(t *testing.T) ns.NetNS {
+	t.Helper()
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("close netns: %v", err)
+		}
+		if err := testutils.UnmountNS(n); err != nil {
+			t.Errorf("remove netns: %v", err)
+		}
+	})
+	return n
+}
+
+func nftConn(t *testing.T, n ns.NetNS) *nftables.Conn {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(int(n.Fd())))
+	if err != nil {
+		t.Fatalf("nftables conn: %v", err)
+	}
+	return c
+}
+
+func nsHandle(t *testing.T, n ns.NetNS) *netlink.Handle {
+	t.Helper()
+	h, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()))
+	if err != nil {
+		t.Fatalf("netlink handle: %v", err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// nftList runs `nft list table inet nodenet` inside n.
+func nftList(t *testing.T, n ns.NetNS) string {
+	t.Helper()
+	var out []byte
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		out, err = exec.Command("nft", "list", "table", "inet", TableName).CombinedOutput()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("nft list table: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+const (
+	svcWeb    = "10.96.0.10"
+	svcEmpty  = "10.96.0.11"
+	svcSticky = "10.96.0.12"
+	pod1      = "10.244.1.2"
+	pod2      = "10.244.1.3"
+	client    = "10.244.1.4"
+	nodeGW    = "10.244.1.1"
+)
+
+// kernelState has a ClusterIP service with a NodePort and two endpoints, a
+// service without endpoints and one with ClientIP affinity.
+func kernelState() State {
+	web := ServiceKey{"ns", "web"}
+	sticky := ServiceKey{"ns", "sticky"}
+	return State{
+		Node:         Node{Name: nodeA},
+		ClusterCIDRs: []netip.Prefix{pf("10.244.0.0/16")},
+		Services: []Service{
+			{Namespace: "ns", Name: "web", ClusterIPs: []netip.Addr{a(svcWeb)}, Ports: httpPort(30080)},
+			{Namespace: "ns", Name: "empty", ClusterIPs: []netip.Addr{a(svcEmpty)}, Ports: httpPort(0)},
+			{Namespace: "ns", Name: "sticky", ClusterIPs: []netip.Addr{a(svcSticky)}, Ports: httpPort(0), SessionAffinityTimeout: time.Hour},
+		},
+		Endpoints: map[ServiceKey][]Endpoint{
+			web:    {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
+			sticky: {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
+		},
+	}
+}
+
+// addPodMasquerade stands in for the routing package: its chain, with one
+// rule, in the shared table.
+func addPodMasquerade(t *testing.T, c *nftables.Conn) {
+	t.Helper()
+	table := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName})
+	ch := c.AddChain(&nftables.Chain{Name: podMasqueradeChain, Table: table, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}})
+	if err := c.Flush(); err != nil {
+		t.Fatalf("add pod-masquerade: %v", err)
+	}
+}
+
+func podMasqueradeRules(t *testing.T, c *nftables.Conn) int {
+	t.Helper()
+	rules, err := c.GetRules(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}, &nftables.Chain{Name: podMasqueradeChain})
+	if err != nil {
+		t.Fatalf("rules of pod-masquerade: %v", err)
+	}
+	return len(rules)
+}
+
+func TestApplyKernel(t *testing.T) {
+	requireRoot(t)
+	requireNft(t)
+	node := newNS(t)
+	conn := nftConn(t, node)
+	addPodMasquerade(t, conn)
+
+	m := Build(kernelState())
+	app := NewApplier(conn, zaptest.NewLogger(t))
+	if err := app.Apply(m); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, c := range chains {
+		have[c.Name] = true
+	}
+	for _, c := range m.Chains {
+		if !have[c.Name] {
+			t.Errorf("chain %s missing", c.Name)
+		}
+		rules, err := conn.GetRules(table, &nftables.Chain{Name: c.Name})
+		if err != nil {
+			t.Fatalf("rules of %s: %v", c.Name, err)
+		}
+		if len(rules) != len(c.Rules) {
+			t.Errorf("chain %s has %d rules, want %d", c.Name, len(rules), len(c.Rules))
+		}
+	}
+	if !have[podMasqueradeChain] || podMasqueradeRules(t, conn) != 1 {
+		t.Errorf("pod-masquerade lost or changed")
+	}
+	sets, err := conn.GetSets(table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sets {
+		if s.Name != mapServiceIPs(IPv4) {
+			continue
+		}
+		els, err := conn.GetSetElements(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(els) != 2 { // web and sticky; empty is in no-endpoint-services
+			t.Errorf("%s has %d elements, want 2", s.Name, len(els))
+		}
+	}
+
+	text := nftList(t, node)
+	for _, want := range []string{
+		"chain pod-masquerade",
+		`10.96.0.10 . tcp . 80 comment "ns/web/tcp/http" : goto service-`,
+		`10.96.0.11 . tcp . 80 comment "ns/empty/tcp/http" : goto reject-chain`,
+		`tcp . 30080 comment "ns/web/tcp/http" : goto external-`,
+		"ip daddr . meta l4proto . th dport vmap @service-ips-v4",
+		"fib daddr type local",
+		"numgen random mod 2 vmap { 0 : goto endpoint-",
+		"dnat ip to 10.244.1.2:8080",
+		"update @affinity-",
+		"flags dynamic,timeout",
+		"masquerade fully-random",
+		"reject with tcp reset",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("nft list table lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("nft list table:\n%s", text)
+	}
+
+	// A second Apply, through a new Applier as after a restart, leaves the
+	// same ruleset.
+	if err := NewApplier(nftConn(t, node), zaptest.NewLogger(t)).Apply(m); err != nil {
+		t.Fatalf("second Apply: %v", err)
+	}
+	if again := nftList(t, node); again != text {
+		t.Errorf("second Apply changed the ruleset:\n%s", again)
+	}
+
+	// Dropping a service removes its chains; pod-masquerade stays.
+	st := kernelState()
+	st.Services = st.Services[:2]
+	if err := app.Apply(Build(st)); err != nil {
+		t.Fatalf("third Apply: %v", err)
+	}
+	text = nftList(t, node)
+	if strings.Contains(text, "sticky") || strings.Contains(text, "affinity-") {
+		t.Errorf("removed service still there:\n%s", text)
+	}
+	if podMasqueradeRules(t, conn) != 1 {
+		t.Errorf("pod-masquerade lost or changed:\n%s", text)
+	}
+}
+
+// topology is a node namespace routing between pod namespaces, each
+// attached by a veth with a /32 address and the node as gateway, so all
+// traffic between pods passes the node's nftables.
+type topology struct {
+	node, pod1, pod2, client ns.NetNS
+}
+
+func newTopology(t *testing.T) *topology {
+	t.Helper()
+	tp := &topology{node: newNS(t), pod1: newNS(t), pod2: newNS(t), client: newNS(t)}
+	nodeH := nsHandle(t, tp.node)
+	gw := netip.MustParsePrefix(nodeGW + "/32")
+	for i, p := range []struct {
+		n    ns.NetNS
+		addr string
+	}{{tp.pod1, pod1}, {tp.pod2, pod2}, {tp.client, client}} {
+		hostName := fmt.Sprintf("veth%d", i)
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.n.Fd()))}
+		if err := nodeH.LinkAdd(veth); err != nil {
+			t.Fatalf("add veth %s: %v", hostName, err)
+		}
+		host, err := nodeH.LinkByName(hostName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		must(t, nodeH.AddrAdd(host, &netlink.Addr{IPNet: ipNet(gw)}))
+		must(t, nodeH.LinkSetUp(host))
+		must(t, nodeH.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(netip.MustParsePrefix(p.addr + "/32")), Scope: netlink.SCOPE_LINK}))
+
+		h := nsHandle(t, p.n)
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		must(t, h.LinkSetUp(lo))
+		eth, err := h.LinkByName("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		must(t, h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(p.addr + "/32"))}))
+		must(t, h.LinkSetUp(eth))
+		must(t, h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: ipNet(gw), Scope: netlink.SCOPE_LINK}))
+		must(t, h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP(nodeGW)}))
+	}
+	err := tp.node.Do(func(ns.NetNS) error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	})
+	must(t, err)
+	return tp
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// serve answers each TCP connection with "<local> <peer>", so the client
+// learns which backend it reached and the backend's view of its source.
+func serve(t *testing.T, n ns.NetNS, addr string) {
+	t.Helper()
+	var ln net.Listener
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on %s: %v", addr, err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed at cleanup
+			}
+			fmt.Fprintln(c, c.LocalAddr(), c.RemoteAddr())
+			c.Close()
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+}
+
+// dial connects from n to addr and returns the backend's line.
+func dial(n ns.NetNS, addr string) (string, error) {
+	var line string
+	err := n.Do(func(ns.NetNS) error {
+		c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := c.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
+			return err
+		}
+		line, err = bufio.NewReader(c).ReadString('\n')
+		return err
+	})
+	return strings.TrimSpace(line), err
+}
+
+func TestApplyPackets(t *testing.T) {
+	requireRoot(t)
+	tp := newTopology(t)
+	conn := nftConn(t, tp.node)
+	addPodMasquerade(t, conn)
+	if err := NewApplier(conn, zaptest.NewLogger(t)).Apply(Build(kernelState())); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	serve(t, tp.pod1, pod1+":8080")
+	serve(t, tp.pod2, pod2+":8080")
+
+	t.Run("clusterIP", func(t *testing.T) {
+		seen := map[string]int{}
+		for range 20 {
+			line, err := dial(tp.client, svcWeb+":80")
+			if err != nil {
+				t.Fatal(err)
+			}
+			local, peer, _ := strings.Cut(line, " ")
+			if !strings.HasPrefix(peer, client+":") {
+				t.Errorf("backend saw %s, want the client's own address %s (no masquerade from a pod)", peer, client)
+			}
+			seen[strings.TrimSuffix(local, ":8080")]++
+		}
+		if seen[pod1] == 0 || seen[pod2] == 0 || len(seen) != 2 {
+			t.Errorf("backends reached %v, want both %s and %s", seen, pod1, pod2)
+		}
+	})
+
+	t.Run("affinity", func(t *testing.T) {
+		first, err := dial(tp.client, svcSticky+":80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		backend, _, _ := strings.Cut(first, " ")
+		for range 10 {
+			line, err := dial(tp.client, svcSticky+":80")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _, _ := strings.Cut(line, " "); got != backend {
+				t.Fatalf("affinity broken: reached %s after %s", got, backend)
+			}
+		}
+	})
+
+	t.Run("nodePort", func(t *testing.T) {
+		line, err := dial(tp.client, nodeGW+":30080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// External traffic is masqueraded to the node's address towards the pod.
+		if _, peer, _ := strings.Cut(line, " "); !strings.HasPrefix(peer, nodeGW+":") {
+			t.Errorf("backend saw %s, want the node's %s (masquerade)", peer, nodeGW)
+		}
+	})
+
+	t.Run("no endpoints", func(t *testing.T) {
+		start := time.Now()
+		_, err := dial(tp.client, svcEmpty+":80")
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("got %v, want connection refused", err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("refusal took %v", d)
+		}
+	})
+
+	if n := podMasqueradeRules(t, conn); n != 1 {
+		t.Errorf("pod-masquerade has %d rules, want 1", n)
+	}
+}
