@@ -15,72 +15,25 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/nodenet/nodenet/internal/nstest"
 )
 
-// requireRoot stops a test that needs root: it fails in CI, where tests run
-// as root and a silent skip would hide the kernel tests, and skips elsewhere.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("test needs root, and CI runs as root")
-	}
-	t.Skip("test needs root")
-}
+// Kernel test helpers shared with the routing tests.
+var (
+	requireRoot = nstest.RequireRoot
+	newNS       = nstest.NewNS
+	nsHandle    = nstest.NetlinkHandle
+	nftConn     = nstest.NFTConn
+)
 
 func requireNft(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("nft"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("test needs nft installed: %v", err)
-		}
-		t.Skipf("test needs nft: %v", err)
-	}
-}
-
-// newNS creates a network namespace, removed when the test ends.
-func newNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("close netns: %v", err)
-		}
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("remove netns: %v", err)
-		}
-	})
-	return n
-}
-
-func nftConn(t *testing.T, n ns.NetNS) *nftables.Conn {
-	t.Helper()
-	c, err := nftables.New(nftables.WithNetNSFd(int(n.Fd())))
-	if err != nil {
-		t.Fatalf("nftables conn: %v", err)
-	}
-	return c
-}
-
-func nsHandle(t *testing.T, n ns.NetNS) *netlink.Handle {
-	t.Helper()
-	h, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()))
-	if err != nil {
-		t.Fatalf("netlink handle: %v", err)
-	}
-	t.Cleanup(h.Close)
-	return h
+	nstest.RequireTool(t, "nft")
 }
 
 // nftList runs `nft list table inet nodenet` inside n.

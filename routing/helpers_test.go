@@ -13,75 +13,26 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
+
+	"github.com/nodenet/nodenet/internal/nstest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// requireRoot stops a test that needs root: it fails in CI, where tests run as root and a
-// silent skip would hide the kernel tests, and skips elsewhere.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("test needs root, and CI runs as root")
-	}
-	t.Skip("test needs root")
-}
-
-// requireTool stops a test that runs a command, with the same rule as requireRoot.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("test needs %s installed: %v", name, err)
-	}
-	t.Skipf("test needs %s: %v", name, err)
-	return ""
-}
-
-// newNS creates a named network namespace (under /run/netns, so `ip netns exec` finds it) and
-// removes it when the test ends, whatever happens.
-func newNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("close netns: %v", err)
-		}
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("remove netns: %v", err)
-		}
-	})
-	return n
-}
-
-// nsHandle is a netlink handle inside n, closed when the test ends.
-func nsHandle(t *testing.T, n ns.NetNS) *netlink.Handle {
-	t.Helper()
-	h, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()))
-	if err != nil {
-		t.Fatalf("netlink handle: %v", err)
-	}
-	t.Cleanup(h.Close)
-	return h
-}
+// Kernel test helpers shared with the proxy tests.
+var (
+	requireRoot = nstest.RequireRoot
+	requireTool = nstest.RequireTool
+	newNS       = nstest.NewNS
+	nsHandle    = nstest.NetlinkHandle
+)
 
 // node is a simulated node: its namespace with the handles a daemon inside it would use.
 type node struct {

@@ -1,0 +1,82 @@
+// Package nstest holds the helpers kernel tests share: the root rule, fresh network namespaces
+// removed when the test ends, and handles inside them. Only tests import it.
+package nstest
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// RequireRoot stops a test that needs root: it fails in CI, where tests run as root and a silent
+// skip would hide the kernel tests, and skips elsewhere.
+func RequireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("test needs root, and CI runs as root")
+	}
+	t.Skip("test needs root")
+}
+
+// RequireTool returns the path of a command the test runs, with the same rule as RequireRoot.
+func RequireTool(t *testing.T, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("test needs %s installed: %v", name, err)
+	}
+	t.Skipf("test needs %s: %v", name, err)
+	return ""
+}
+
+// NewNS creates a named network namespace (under /run/netns, so `ip netns exec` finds it) and
+// removes it when the test ends, whatever happens.
+func NewNS(t *testing.T) ns.NetNS {
+	t.Helper()
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("close netns: %v", err)
+		}
+		if err := testutils.UnmountNS(n); err != nil {
+			t.Errorf("remove netns: %v", err)
+		}
+	})
+	return n
+}
+
+// NetlinkHandle is a netlink handle inside n, closed when the test ends.
+func NetlinkHandle(t *testing.T, n ns.NetNS) *netlink.Handle {
+	t.Helper()
+	h, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()))
+	if err != nil {
+		t.Fatalf("netlink handle: %v", err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// NFTConn is an nftables connection inside n.
+func NFTConn(t *testing.T, n ns.NetNS) *nftables.Conn {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(int(n.Fd())))
+	if err != nil {
+		t.Fatalf("nftables conn: %v", err)
+	}
+	return c
+}
