@@ -38,6 +38,36 @@ func installStat(t *testing.T, path string) installFileID {
 }
 
 // installDirNames lists dir, so leftover temporary files show up in a diff.
+// checkAtomicWrite checks one step of repeated installs of dst: the content and mode, that an
+// identical write left the file alone and a changed one replaced it by rename (new inode), and
+// that no temporary file is left in the directory. It returns the file's identity for the next step.
+func checkAtomicWrite(t *testing.T, dst, wantContent string, wantMode os.FileMode, hasPrev, wantSame bool, prev installFileID) installFileID {
+	t.Helper()
+	got, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(wantContent, string(got)); diff != "" {
+		t.Errorf("%s content (-want +got):\n%s", filepath.Base(dst), diff)
+	}
+	id := installStat(t, dst)
+	if id.Mode != wantMode {
+		t.Errorf("mode = %v, want %v", id.Mode, wantMode)
+	}
+	if hasPrev {
+		if wantSame && id != prev {
+			t.Errorf("identical %s was rewritten: %+v, was %+v", filepath.Base(dst), id, prev)
+		}
+		if !wantSame && id.Ino == prev.Ino {
+			t.Errorf("%s written in place (inode %d kept), want a new file renamed over it", filepath.Base(dst), id.Ino)
+		}
+	}
+	if diff := cmp.Diff([]string{filepath.Base(dst)}, installDirNames(t, filepath.Dir(dst))); diff != "" {
+		t.Errorf("%s entries (-want +got):\n%s", filepath.Dir(dst), diff)
+	}
+	return id
+}
+
 func installDirNames(t *testing.T, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
@@ -86,29 +116,7 @@ func TestInstallShim(t *testing.T) {
 			if err := cniexec.InstallShim(s.src, binDir); err != nil {
 				t.Fatalf("InstallShim: %v", err)
 			}
-			got, err := os.ReadFile(dst)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(s.wantContent, string(got)); diff != "" {
-				t.Errorf("installed content (-want +got):\n%s", diff)
-			}
-			id := installStat(t, dst)
-			if id.Mode != 0o755 {
-				t.Errorf("mode = %v, want -rwxr-xr-x", id.Mode)
-			}
-			if i > 0 {
-				if s.wantSame && id != prev {
-					t.Errorf("identical binary was rewritten: %+v, was %+v", id, prev)
-				}
-				if !s.wantSame && id.Ino == prev.Ino {
-					t.Errorf("new binary written in place (inode %d kept), want a new file renamed over it", id.Ino)
-				}
-			}
-			prev = id
-			if diff := cmp.Diff([]string{"nodenet-cni"}, installDirNames(t, binDir)); diff != "" {
-				t.Errorf("binDir entries (-want +got):\n%s", diff)
-			}
+			prev = checkAtomicWrite(t, dst, s.wantContent, 0o755, i > 0, s.wantSame, prev)
 		})
 	}
 }
@@ -250,29 +258,7 @@ func TestWriteConflist(t *testing.T) {
 			if err := cniexec.WriteConflist(confDir, s.data); err != nil {
 				t.Fatalf("WriteConflist: %v", err)
 			}
-			got, err := os.ReadFile(dst)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(string(s.data), string(got)); diff != "" {
-				t.Errorf("conflist (-want +got):\n%s", diff)
-			}
-			id := installStat(t, dst)
-			if id.Mode != 0o644 {
-				t.Errorf("mode = %v, want -rw-r--r--", id.Mode)
-			}
-			if i > 0 {
-				if s.wantSame && id != prev {
-					t.Errorf("identical conflist was rewritten: %+v, was %+v", id, prev)
-				}
-				if !s.wantSame && id.Ino == prev.Ino {
-					t.Errorf("conflist written in place (inode %d kept), want a new file renamed over it", id.Ino)
-				}
-			}
-			prev = id
-			if diff := cmp.Diff([]string{"10-nodenet.conflist"}, installDirNames(t, confDir)); diff != "" {
-				t.Errorf("confDir entries (-want +got):\n%s", diff)
-			}
+			prev = checkAtomicWrite(t, dst, string(s.data), 0o644, i > 0, s.wantSame, prev)
 			// The runtime looks the network up by name in confDir.
 			list, err := libcni.LoadNetworkConf(confDir, "nodenet")
 			if err != nil {

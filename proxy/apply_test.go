@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -270,30 +269,7 @@ func ipNet(p netip.Prefix) *net.IPNet {
 // learns which backend it reached and the backend's view of its source.
 func serve(t *testing.T, n ns.NetNS, addr string) {
 	t.Helper()
-	var ln net.Listener
-	err := n.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen on %s: %v", addr, err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed at cleanup
-			}
-			fmt.Fprintln(c, c.LocalAddr(), c.RemoteAddr())
-			c.Close()
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
+	nstest.Serve(t, n, addr, func(c net.Conn) string { return fmt.Sprint(c.LocalAddr(), " ", c.RemoteAddr()) })
 }
 
 // dial connects from n to addr and returns the backend's line.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -153,31 +152,7 @@ type server struct{ ln net.Listener }
 
 func listen(t *testing.T, n ns.NetNS, addr string) *server {
 	t.Helper()
-	var ln net.Listener
-	err := n.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen on %s: %v", addr, err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed at cleanup
-			}
-			fmt.Fprintln(c, c.RemoteAddr())
-			c.Close()
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	return &server{ln: ln}
+	return &server{ln: nstest.Serve(t, n, addr, func(c net.Conn) string { return c.RemoteAddr().String() })}
 }
 
 // port is the server's port, for dialing it at another address of its namespace.

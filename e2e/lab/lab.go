@@ -15,11 +15,9 @@ import (
 	"sync"
 )
 
-// Underlay addressing of DESIGN.md: nodes and the outside host share 198.18.0.0/24 (RFC 2544).
-const (
-	UnderlayCIDR = "198.18.0.0/24"
-	OutsideAddr  = "198.18.0.200"
-)
+// OutsideAddr is the outside host on the underlay, 198.18.0.0/24 (RFC 2544) of DESIGN.md, which
+// nodes and the outside host share.
+const OutsideAddr = "198.18.0.200"
 
 // Lab owns every namespace, process and directory it creates.
 type Lab struct {

@@ -227,19 +227,4 @@ func (n *Node) WaitReady(ctx context.Context) error {
 }
 
 // LogTail returns the last lines of the daemon's log.
-func (n *Node) LogTail(lines int) string {
-	data, err := os.ReadFile(n.LogPath)
-	if err != nil {
-		return err.Error()
-	}
-	end := len(data)
-	for i := len(data) - 1; i >= 0 && lines >= 0; i-- {
-		if data[i] == '\n' {
-			lines--
-			if lines < 0 {
-				return string(data[i+1 : end])
-			}
-		}
-	}
-	return string(data)
-}
+func (n *Node) LogTail(lines int) string { return tail(n.LogPath, lines) }

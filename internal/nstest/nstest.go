@@ -3,8 +3,11 @@
 package nstest
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -79,4 +82,36 @@ func NFTConn(t *testing.T, n ns.NetNS) *nftables.Conn {
 		t.Fatalf("nftables conn: %v", err)
 	}
 	return c
+}
+
+// Serve listens on addr inside n and answers each TCP connection with the line reply(conn)
+// returns, then closes it; the listener stops when the test ends. Tests use it to see which
+// backend a connection reached and what source address it arrived with.
+func Serve(t *testing.T, n ns.NetNS, addr string, reply func(net.Conn) string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on %s: %v", addr, err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed at cleanup
+			}
+			fmt.Fprintln(c, reply(c))
+			c.Close()
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	return ln
 }
