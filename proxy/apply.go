@@ -3,138 +3,328 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 
 	"github.com/google/nftables"
 	"go.uber.org/zap"
 )
 
-// Applier writes a Model into the kernel: layer 3. Each Apply is one
-// netlink batch, so the kernel moves from the old ruleset to the new one
-// atomically or not at all.
-//
-// This first version re-syncs fully: it deletes every object of the proxy
-// found in the table and adds the whole new model. Incremental updates
-// (diffing the previous model with the new one and sending only the
-// changed map elements and chains) are the next step.
+// maxBatchOps bounds one netlink batch of a split plan. The kernel holds
+// the nftables commit lock while it processes a batch, so a cold start at
+// tens of thousands of Services goes in several batches and other nftables
+// users (the routing package, the runtime's hostPort rules) are not kept
+// waiting for seconds.
+const maxBatchOps = 10000
+
+// Applier writes plans into the kernel: layer 3. It shares table
+// TableName with the routing package and never touches objects that are
+// not the proxy's (ownedName), in particular the pod-masquerade chain; it
+// never deletes or flushes the table.
 type Applier struct {
-	conn *nftables.Conn
-	log  *zap.Logger
+	netnsFD  int // 0: the calling thread's namespace
+	batchOps int
+	log      *zap.Logger
 }
 
-// NewApplier returns an Applier writing through conn, which the caller
-// makes for the node's namespace (nftables.WithNetNSFd).
-func NewApplier(conn *nftables.Conn, log *zap.Logger) *Applier {
-	return &Applier{conn: conn, log: log.Named("proxy")}
+// NewApplier returns an Applier writing into the network namespace open as
+// netnsFD (0 for the current one).
+func NewApplier(netnsFD int, log *zap.Logger) *Applier {
+	return &Applier{netnsFD: netnsFD, batchOps: maxBatchOps, log: log.Named("proxy")}
 }
 
-// Apply replaces the proxy's chains, sets and maps in table m.Table with
-// those of m. It shares the table with the routing package and never
-// touches objects that are not the proxy's (ownedName), in particular the
-// pod-masquerade chain; it never deletes or flushes the table.
+// newConn returns a connection that opens its socket only when flushed: a
+// batch that fails while being queued is dropped with its Conn.
+func (a *Applier) newConn() (*nftables.Conn, error) {
+	var opts []nftables.ConnOption
+	if a.netnsFD != 0 {
+		opts = append(opts, nftables.WithNetNSFd(a.netnsFD))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nft conn: %w", err)
+	}
+	return c, nil
+}
+
+// Apply makes the proxy's part of the table equal to m, whatever is there
+// now: a full sync. Objects already as m wants them are left alone, so
+// applying the same model twice sends nothing the second time.
 func (a *Applier) Apply(m Model) error {
 	if m.Table == "" {
 		return errors.New("apply: model without table")
 	}
-	objs, err := translate(m)
-	if err != nil {
-		return fmt.Errorf("translate model: %w", err)
-	}
-	if err := checkSets(objs); err != nil {
-		return err
-	}
-	oldChains, oldSets, err := a.owned(m.Table)
+	have, err := a.readKernel(m.Table)
 	if err != nil {
 		return err
 	}
+	_, err = a.apply(m.Table, planDiff(have, desiredOf(m)))
+	return err
+}
 
-	c := a.conn
-	c.AddTable(objs.table) // NLM_F_CREATE without EXCL: keeps an existing table
-	// Rules go first so that nothing refers to the sets and chains any
-	// more when they are deleted; the kernel checks references per message.
-	for _, ch := range oldChains {
-		c.FlushChain(ch)
+// apply sends p. A plan that only adds (a cold start) and is larger than
+// one batch is split: chains first, then their rules, then the map
+// elements that make them reachable, so that each batch refers only to
+// objects that exist. Anything else goes in one batch, atomically.
+// It returns the number of batches sent.
+func (a *Applier) apply(table string, p *Plan) (int, error) {
+	if p.Empty() {
+		return 0, nil
 	}
-	for _, s := range oldSets {
-		c.DelSet(s)
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: table}
+	if p.Ops() <= a.batchOps || len(p.delMaps) > 0 || len(p.delSets) > 0 {
+		return 1, a.send(t, p)
 	}
-	for _, ch := range oldChains {
-		c.DelChain(ch)
+	var batches []*Plan
+	cur := &Plan{}
+	size := 0
+	next := func(n int) {
+		if size+n > a.batchOps && size > 0 {
+			batches = append(batches, cur)
+			cur, size = &Plan{}, 0
+		}
+		size += n
 	}
-	for _, ch := range objs.chains {
-		c.AddChain(ch)
+	// Maps and sets are few; they lead the first batch.
+	cur.addMaps, cur.addSets = p.addMaps, p.addSets
+	size = len(p.addMaps) + len(p.addSets)
+	for _, c := range p.addChains {
+		next(1)
+		cur.addChains = append(cur.addChains, c)
 	}
-	for _, s := range slices.Concat(objs.sets, objs.anon) {
-		if err := c.AddSet(s.set, s.elems); err != nil {
-			// checkSets ran the same calls, so this cannot happen; the
-			// batch is half queued and must not be sent.
-			return fmt.Errorf("add set %s: %w (nft conn holds an unsent partial batch)", s.set.Name, err)
+	isNew := map[string]bool{}
+	for _, c := range p.addChains {
+		isNew[c.Name] = true
+	}
+	var rewrite []Chain
+	for _, c := range p.fill {
+		if !isNew[c.Name] {
+			rewrite = append(rewrite, c)
+			continue
+		}
+		next(len(c.Rules))
+		cur.fill = append(cur.fill, c)
+	}
+	deleted := map[elemKey]bool{}
+	for _, k := range p.delElems {
+		deleted[k] = true
+	}
+	var replace []Element
+	for _, e := range p.addElems {
+		if deleted[elemKey{e.Map, e.Key}] {
+			replace = append(replace, e)
+			continue
+		}
+		next(1)
+		cur.addElems = append(cur.addElems, e)
+	}
+	batches = append(batches, cur)
+	// Removals and rewrites of what exists: one last batch, atomic.
+	batches = append(batches, &Plan{
+		delElems: p.delElems, delSetEls: p.delSetEls, flush: p.flush, fill: rewrite,
+		addElems: replace, addSetEls: p.addSetEls, delChains: p.delChains,
+	})
+	for i, b := range batches {
+		if b.Empty() {
+			continue
+		}
+		if err := a.send(t, b); err != nil {
+			return i, fmt.Errorf("batch %d of %d: %w", i+1, len(batches), err)
 		}
 	}
-	for _, r := range objs.rules {
-		c.AddRule(r)
+	return len(batches), nil
+}
+
+// send queues p on a fresh connection and flushes it as one batch.
+func (a *Applier) send(t *nftables.Table, p *Plan) error {
+	c, err := a.newConn()
+	if err != nil {
+		return err
+	}
+	if err := queue(c, t, p); err != nil {
+		return err // the half-queued batch goes with c, unsent
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("write table %s: %w", m.Table, err)
-	}
-	a.log.Info("applied ruleset", zap.String("table", m.Table),
-		zap.Int("deletedChains", len(oldChains)), zap.Int("deletedSets", len(oldSets)),
-		zap.Int("chains", len(objs.chains)), zap.Int("sets", len(objs.sets)), zap.Int("rules", len(objs.rules)))
-	return nil
-}
-
-// checkSets queues every set on a scratch Conn that is never flushed.
-// google/nftables can only fail AddSet after queueing part of it and has no
-// way to drop queued messages, so a failure must be found before anything
-// goes into the real Conn's batch.
-func checkSets(objs *nftObjects) error {
-	scratch, err := nftables.New() // not lasting: opens no socket until Flush
-	if err != nil {
-		return fmt.Errorf("scratch nft conn: %w", err)
-	}
-	for _, s := range slices.Concat(objs.sets, objs.anon) {
-		if err := scratch.AddSet(s.set, s.elems); err != nil {
-			return fmt.Errorf("set %s: %w", s.set.Name, err)
-		}
+		return fmt.Errorf("write table %s: %w", t.Name, err)
 	}
 	return nil
 }
 
-// owned lists the proxy's chains and named sets in the table, if it exists.
-func (a *Applier) owned(table string) ([]*nftables.Chain, []*nftables.Set, error) {
-	tables, err := a.conn.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, nil, fmt.Errorf("list nft tables: %w", err)
-	}
-	var t *nftables.Table
-	for _, tt := range tables {
-		if tt.Name == table {
-			t = tt
+// queue translates p and queues it in the order the kernel needs within
+// one batch: creations before references, deletions after the last one.
+// It fails, naming the object, on anything it cannot express.
+func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
+	for _, names := range [][]string{p.flush, p.delChains, p.delSets, p.delMaps} {
+		for _, n := range names {
+			if !ownedName(n) {
+				return fmt.Errorf("%s is not the proxy's", n)
+			}
 		}
 	}
-	if t == nil {
-		return nil, nil, nil
-	}
-	chains, err := a.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, nil, fmt.Errorf("list nft chains: %w", err)
-	}
-	var oc []*nftables.Chain
-	for _, ch := range chains {
-		if ch.Table.Name == table && ownedName(ch.Name) {
-			oc = append(oc, ch)
+	for _, ch := range p.addChains {
+		if !ownedName(ch.Name) {
+			return fmt.Errorf("chain %s is not the proxy's", ch.Name)
 		}
 	}
-	sets, err := a.conn.GetSets(t)
-	if err != nil {
-		return nil, nil, fmt.Errorf("list sets of table %s: %w", table, err)
+	c.AddTable(t) // NLM_F_CREATE without EXCL: keeps an existing table
+	chains := map[string]*nftables.Chain{}
+	chainRef := func(name string) *nftables.Chain {
+		if ch, ok := chains[name]; ok {
+			return ch
+		}
+		return &nftables.Chain{Table: t, Name: name}
 	}
-	var os []*nftables.Set
-	for _, s := range sets {
-		if !s.Anonymous && ownedName(s.Name) {
-			s.Table = t
-			os = append(os, s)
+	for _, ch := range p.addChains {
+		nc, err := buildChain(t, ch)
+		if err != nil {
+			return err
+		}
+		chains[ch.Name] = c.AddChain(nc)
+	}
+	if err := elements(c, t, p.delElems, nil, true); err != nil {
+		return err
+	}
+	for name, addrs := range p.delSetEls {
+		if err := setElements(c, t, name, addrs, true); err != nil {
+			return err
 		}
 	}
-	return oc, os, nil
+	for _, n := range p.flush {
+		c.FlushChain(chainRef(n))
+	}
+	for _, n := range slices.Concat(p.delSets, p.delMaps) {
+		c.DelSet(&nftables.Set{Table: t, Name: n})
+	}
+	for _, vm := range p.addMaps {
+		ns, err := buildMap(t, vm)
+		if err != nil {
+			return err
+		}
+		if err := c.AddSet(ns.set, nil); err != nil {
+			return fmt.Errorf("add map %s: %w", vm.Name, err)
+		}
+	}
+	for _, s := range p.addSets {
+		ns, err := buildSet(t, s)
+		if err != nil {
+			return err
+		}
+		if err := c.AddSet(ns.set, ns.elems); err != nil {
+			return fmt.Errorf("add set %s: %w", s.Name, err)
+		}
+	}
+	tr := &translator{table: t}
+	var rules []*nftables.Rule
+	for _, ch := range p.fill {
+		for i, r := range ch.Rules {
+			exprs, err := tr.ruleExprs(r)
+			if err != nil {
+				return fmt.Errorf("chain %s rule %d (%s): %w", ch.Name, i, r, err)
+			}
+			rules = append(rules, &nftables.Rule{Table: t, Chain: chainRef(ch.Name), Exprs: exprs, UserData: ruleUserData(r)})
+		}
+	}
+	// Anonymous sets go in after the named ones and before the rules that
+	// use them.
+	for _, s := range tr.anon {
+		if err := c.AddSet(s.set, s.elems); err != nil {
+			return fmt.Errorf("add anonymous set: %w", err)
+		}
+	}
+	for _, r := range rules {
+		c.AddRule(r)
+	}
+	if err := elements(c, t, nil, p.addElems, false); err != nil {
+		return err
+	}
+	for name, addrs := range p.addSetEls {
+		if err := setElements(c, t, name, addrs, false); err != nil {
+			return err
+		}
+	}
+	for _, n := range p.delChains {
+		c.DelChain(chainRef(n))
+	}
+	return nil
+}
+
+// elements deletes the keys dels or adds the elements adds, grouped per map.
+func elements(c *nftables.Conn, t *nftables.Table, dels []elemKey, adds []Element, del bool) error {
+	byMap := map[string][]nftables.SetElement{}
+	var order []string
+	put := func(m string, e nftables.SetElement) {
+		if _, ok := byMap[m]; !ok {
+			order = append(order, m)
+		}
+		byMap[m] = append(byMap[m], e)
+	}
+	for _, k := range dels {
+		def, ok := mapDefs[k.Map]
+		if !ok {
+			return fmt.Errorf("map %s is not the proxy's", k.Map)
+		}
+		key, err := mapKeyBytes(def.Family, def.Key, k.Key)
+		if err != nil {
+			return fmt.Errorf("map %s key %v: %w", k.Map, k.Key, err)
+		}
+		put(k.Map, nftables.SetElement{Key: key})
+	}
+	for _, e := range adds {
+		def, ok := mapDefs[e.Map]
+		if !ok {
+			return fmt.Errorf("map %s is not the proxy's", e.Map)
+		}
+		key, err := mapKeyBytes(def.Family, def.Key, e.Key)
+		if err != nil {
+			return fmt.Errorf("map %s key %v: %w", e.Map, e.Key, err)
+		}
+		v, err := verdict(e.Verdict)
+		if err != nil {
+			return fmt.Errorf("map %s key %v: %w", e.Map, e.Key, err)
+		}
+		put(e.Map, nftables.SetElement{Key: key, VerdictData: v, Comment: e.Comment})
+	}
+	for _, m := range order {
+		ns, err := buildMap(t, mapDefs[m])
+		if err != nil {
+			return err
+		}
+		if del {
+			err = c.SetDeleteElements(ns.set, byMap[m])
+		} else {
+			err = c.SetAddElements(ns.set, byMap[m])
+		}
+		if err != nil {
+			return fmt.Errorf("map %s elements: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// setElements adds or deletes addresses of a static address set.
+func setElements(c *nftables.Conn, t *nftables.Table, name string, addrs []string, del bool) error {
+	var els []nftables.SetElement
+	var f Family
+	for _, s := range addrs {
+		ad, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+		f = familyOf(ad)
+		els = append(els, nftables.SetElement{Key: ad.AsSlice()})
+	}
+	if len(els) == 0 {
+		return nil
+	}
+	s := &nftables.Set{Table: t, Name: name, KeyType: addrSetType(f)}
+	var err error
+	if del {
+		err = c.SetDeleteElements(s, els)
+	} else {
+		err = c.SetAddElements(s, els)
+	}
+	if err != nil {
+		return fmt.Errorf("set %s elements: %w", name, err)
+	}
+	return nil
 }

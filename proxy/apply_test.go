@@ -110,7 +110,7 @@ func TestApplyKernel(t *testing.T) {
 	addPodMasquerade(t, conn)
 
 	m := Build(kernelState())
-	app := NewApplier(conn, zaptest.NewLogger(t))
+	app := NewApplier(int(node.Fd()), zaptest.NewLogger(t))
 	if err := app.Apply(m); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -181,7 +181,7 @@ func TestApplyKernel(t *testing.T) {
 
 	// A second Apply, through a new Applier as after a restart, leaves the
 	// same ruleset.
-	if err := NewApplier(nftConn(t, node), zaptest.NewLogger(t)).Apply(m); err != nil {
+	if err := NewApplier(int(node.Fd()), zaptest.NewLogger(t)).Apply(m); err != nil {
 		t.Fatalf("second Apply: %v", err)
 	}
 	if again := nftList(t, node); again != text {
@@ -295,7 +295,7 @@ func TestApplyPackets(t *testing.T) {
 	tp := newTopology(t)
 	conn := nftConn(t, tp.node)
 	addPodMasquerade(t, conn)
-	if err := NewApplier(conn, zaptest.NewLogger(t)).Apply(Build(kernelState())); err != nil {
+	if err := NewApplier(int(tp.node.Fd()), zaptest.NewLogger(t)).Apply(Build(kernelState())); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
 	serve(t, tp.pod1, pod1+":8080")

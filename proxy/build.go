@@ -57,45 +57,125 @@ var (
 	loopback         = map[Family]netip.Prefix{IPv4: netip.MustParsePrefix("127.0.0.0/8"), IPv6: netip.MustParsePrefix("::1/128")}
 )
 
+// Facts are the inputs every Service's rules depend on; when one of them
+// changes, every Service is rebuilt.
+type Facts struct {
+	Node          Node
+	ClusterCIDRs  []netip.Prefix
+	MasqueradeAll bool
+}
+
+// Facts returns the node facts of s.
+func (s State) Facts() Facts {
+	return Facts{Node: s.Node, ClusterCIDRs: s.ClusterCIDRs, MasqueradeAll: s.MasqueradeAll}
+}
+
+// Fragment is what one Service adds to the ruleset: chains and affinity
+// sets of its own, and elements of the shared verdict maps. Fragments of
+// different Services never share a chain or set name, which is what lets
+// the Syncer rebuild and diff one Service at a time.
+type Fragment struct {
+	Chains   []Chain
+	Sets     []Set
+	Elements []Element
+}
+
+// Element is a verdict-map element together with the map it belongs to.
+type Element struct {
+	Map string
+	MapElement
+}
+
 // Build computes the ruleset for s. It is pure and deterministic: the same
 // State, in any order, gives the same Model.
 func Build(s State) Model {
-	b := &builder{st: s, maps: map[string]*VerdictMap{}}
-	b.skeleton()
+	facts := s.Facts()
 	svcs := slices.Clone(s.Services)
 	slices.SortFunc(svcs, func(a, c Service) int {
 		return cmp.Or(cmp.Compare(a.Namespace, c.Namespace), cmp.Compare(a.Name, c.Name))
 	})
+	frags := make([]Fragment, 0, len(svcs))
 	for _, svc := range svcs {
-		ports := slices.Clone(svc.Ports)
-		slices.SortFunc(ports, func(a, c ServicePort) int {
-			return cmp.Or(cmp.Compare(a.Name, c.Name), cmp.Compare(a.Protocol, c.Protocol), cmp.Compare(a.Port, c.Port))
-		})
-		for _, f := range families {
-			if len(addrsOf(svc.ClusterIPs, f)) == 0 {
-				continue
-			}
-			for _, p := range ports {
-				b.servicePort(svc, p, f)
-			}
+		frags = append(frags, BuildService(facts, svc, s.Endpoints[svc.Key()]))
+	}
+	return assemble(Skeleton(facts), frags)
+}
+
+// BuildService computes one Service's fragment from its endpoints.
+func BuildService(facts Facts, svc Service, eps []Endpoint) Fragment {
+	b := &builder{facts: facts, eps: eps}
+	ports := slices.Clone(svc.Ports)
+	slices.SortFunc(ports, func(a, c ServicePort) int {
+		return cmp.Or(cmp.Compare(a.Name, c.Name), cmp.Compare(a.Protocol, c.Protocol), cmp.Compare(a.Port, c.Port))
+	})
+	for _, f := range families {
+		if len(addrsOf(svc.ClusterIPs, f)) == 0 {
+			continue
+		}
+		for _, p := range ports {
+			b.servicePort(svc, p, f)
 		}
 	}
-	return b.finish()
+	return b.frag
+}
+
+// assemble adds fragments, in Service order, to the skeleton. Two Services
+// may claim the same map key (the API lets them share an external IP and
+// port); the first one in namespace/name order gets it, as the kernel
+// holds one verdict per key.
+func assemble(m Model, frags []Fragment) Model {
+	maps := map[string]*VerdictMap{}
+	for i := range m.Maps {
+		maps[m.Maps[i].Name] = &m.Maps[i]
+	}
+	var chains []Chain
+	taken := map[elemKey]bool{}
+	for _, fr := range frags {
+		chains = append(chains, fr.Chains...)
+		m.Sets = append(m.Sets, fr.Sets...)
+		for _, e := range fr.Elements {
+			k := elemKey{e.Map, e.Key}
+			if taken[k] {
+				continue
+			}
+			taken[k] = true
+			vm := maps[e.Map]
+			vm.Elements = append(vm.Elements, e.MapElement)
+		}
+	}
+	slices.SortFunc(chains, func(a, c Chain) int { return cmp.Compare(a.Name, c.Name) })
+	m.Chains = append(m.Chains, chains...)
+	slices.SortFunc(m.Sets, func(a, c Set) int { return cmp.Compare(a.Name, c.Name) })
+	for i := range m.Maps {
+		slices.SortFunc(m.Maps[i].Elements, func(a, c MapElement) int { return compareKeys(a.Key, c.Key) })
+	}
+	return m
+}
+
+// elemKey names one element of one map.
+type elemKey struct {
+	Map string
+	Key MapKey
+}
+
+func compareKeys(a, c MapKey) int {
+	return cmp.Or(a.Addr.Compare(c.Addr), cmp.Compare(a.Proto, c.Proto), cmp.Compare(a.Port, c.Port))
 }
 
 type builder struct {
-	st     State
-	fixed  []Chain // base and helper chains, in this order
-	chains []Chain // per-service chains
-	sets   []Set
-	maps   map[string]*VerdictMap
-	seen   map[string]bool
+	facts Facts
+	eps   []Endpoint
+	frag  Fragment
+	seen  map[string]bool
 }
 
-func (b *builder) skeleton() {
+// Skeleton is the part of the ruleset no Service changes: the base and
+// helper chains, the node-port address sets and the verdict maps, empty.
+func Skeleton(facts Facts) Model {
 	ctNew := Match{Field: FieldCtStateNew}
 	jump := func(c string) Action { return Action{Kind: ActJump, Chain: c} }
-	b.fixed = []Chain{
+	m := Model{Table: TableName}
+	m.Chains = []Chain{
 		{Name: chainFilterPrerouting, Base: &Hook{"filter", "prerouting", prioFilter}, Rules: []Rule{
 			{Matches: []Match{ctNew}, Action: jump(chainFirewallCheck)},
 			{Matches: []Match{ctNew}, Action: jump(chainEndpointsCheck)},
@@ -118,11 +198,11 @@ func (b *builder) skeleton() {
 		fwCheck.Rules = append(fwCheck.Rules, Rule{Action: vmap(mapFirewallIPs(f), keyAddrProtoPort)})
 
 		var local []Match
-		if len(b.st.Node.Addresses) > 0 {
+		if len(facts.Node.Addresses) > 0 {
 			// Only the listed addresses; a family without any gets an
 			// empty set, so no NodePort in that family.
 			local = []Match{{Field: FieldDaddr, Family: f, Set: setNodePortIPs(f)}}
-			b.sets = append(b.sets, Set{Name: setNodePortIPs(f), Family: f, Elements: addrsOf(b.st.Node.Addresses, f), Comment: "NodePort addresses"})
+			m.Sets = append(m.Sets, Set{Name: setNodePortIPs(f), Family: f, Elements: addrsOf(facts.Node.Addresses, f), Comment: "NodePort addresses"})
 		} else {
 			local = []Match{
 				{Field: FieldNFProto, Family: f},
@@ -132,18 +212,15 @@ func (b *builder) skeleton() {
 		}
 		services.Rules = append(services.Rules, Rule{Matches: local, Action: vmap(mapServiceNodePorts(f), keyProtoPort)})
 		epCheck.Rules = append(epCheck.Rules, Rule{Matches: local, Action: vmap(mapNoEPNodePorts(f), keyProtoPort)})
-
-		for _, m := range []VerdictMap{
-			{Name: mapServiceIPs(f), Family: f, Key: keyAddrProtoPort},
-			{Name: mapServiceNodePorts(f), Family: f, Key: keyProtoPort},
-			{Name: mapNoEPServices(f), Family: f, Key: keyAddrProtoPort},
-			{Name: mapNoEPNodePorts(f), Family: f, Key: keyProtoPort},
-			{Name: mapFirewallIPs(f), Family: f, Key: keyAddrProtoPort},
-		} {
-			b.maps[m.Name] = &m
-		}
+		m.Maps = append(m.Maps,
+			VerdictMap{Name: mapServiceIPs(f), Family: f, Key: keyAddrProtoPort},
+			VerdictMap{Name: mapServiceNodePorts(f), Family: f, Key: keyProtoPort},
+			VerdictMap{Name: mapNoEPServices(f), Family: f, Key: keyAddrProtoPort},
+			VerdictMap{Name: mapNoEPNodePorts(f), Family: f, Key: keyProtoPort},
+			VerdictMap{Name: mapFirewallIPs(f), Family: f, Key: keyAddrProtoPort},
+		)
 	}
-	b.fixed = append(b.fixed, services, epCheck, fwCheck,
+	m.Chains = append(m.Chains, services, epCheck, fwCheck,
 		Chain{Name: chainMarkMasq, Rules: []Rule{{Action: Action{Kind: ActSetMark, Mark: MasqueradeMark}}}},
 		Chain{Name: chainMasquerading, Rules: []Rule{
 			{Matches: []Match{{Field: FieldMark, Neg: true, Mark: MasqueradeMark}}, Action: Action{Kind: ActReturn}},
@@ -155,11 +232,11 @@ func (b *builder) skeleton() {
 			{Action: Action{Kind: ActReject, Reject: RejectPortUnreachable}},
 		}},
 	)
+	return m
 }
 
 func (b *builder) addElem(mapName string, e MapElement) {
-	m := b.maps[mapName]
-	m.Elements = append(m.Elements, e)
+	b.frag.Elements = append(b.frag.Elements, Element{Map: mapName, MapElement: e})
 }
 
 func (b *builder) addChain(c Chain) {
@@ -170,25 +247,7 @@ func (b *builder) addChain(c Chain) {
 		return
 	}
 	b.seen[c.Name] = true
-	b.chains = append(b.chains, c)
-}
-
-func (b *builder) finish() Model {
-	m := Model{Table: TableName, Chains: b.fixed}
-	slices.SortFunc(b.chains, func(a, c Chain) int { return cmp.Compare(a.Name, c.Name) })
-	m.Chains = append(m.Chains, b.chains...)
-	slices.SortFunc(b.sets, func(a, c Set) int { return cmp.Compare(a.Name, c.Name) })
-	m.Sets = b.sets
-	for _, f := range families {
-		for _, name := range []string{mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f)} {
-			vm := *b.maps[name]
-			slices.SortFunc(vm.Elements, func(a, c MapElement) int {
-				return cmp.Or(a.Key.Addr.Compare(c.Key.Addr), cmp.Compare(a.Key.Proto, c.Key.Proto), cmp.Compare(a.Key.Port, c.Key.Port))
-			})
-			m.Maps = append(m.Maps, vm)
-		}
-	}
-	return m
+	b.frag.Chains = append(b.frag.Chains, c)
 }
 
 // portID is the readable tail of per-port chain names: ns/name/proto/port.
@@ -340,7 +399,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 			if b.seen[be.set] {
 				continue
 			}
-			b.sets = append(b.sets, Set{Name: be.set, Family: f, Dynamic: true, Timeout: svc.SessionAffinityTimeout})
+			b.frag.Sets = append(b.frag.Sets, Set{Name: be.set, Family: f, Dynamic: true, Timeout: svc.SessionAffinityTimeout})
 			rules = append(rules, Rule{Action: Action{Kind: ActUpdate, Set: be.set, Key: []Field{FieldSaddr}, Family: f}})
 		}
 		rules = append(rules, Rule{
@@ -373,8 +432,8 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	if usesCluster {
 		var rules []Rule
 		clusterIPs := prefixesFromAddrs(addrsOf(svc.ClusterIPs, f))
-		switch cidrs := prefixesOf(b.st.ClusterCIDRs, f); {
-		case b.st.MasqueradeAll:
+		switch cidrs := prefixesOf(b.facts.ClusterCIDRs, f); {
+		case b.facts.MasqueradeAll:
 			rules = append(rules, Rule{
 				Matches: []Match{{Field: FieldDaddr, Family: f, Prefixes: clusterIPs}},
 				Action:  Action{Kind: ActJump, Chain: chainMarkMasq},
@@ -407,7 +466,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 				// Traffic from pods and from the node itself is not
 				// external: it may use every endpoint, and from the node
 				// it must be masqueraded to come back.
-				if cidrs := prefixesOf(b.st.ClusterCIDRs, f); len(cidrs) > 0 {
+				if cidrs := prefixesOf(b.facts.ClusterCIDRs, f); len(cidrs) > 0 {
 					rules = append(rules, Rule{
 						Matches: []Match{{Field: FieldSaddr, Family: f, Prefixes: cidrs}},
 						Action:  Action{Kind: ActGoto, Chain: n.cluster},
@@ -433,7 +492,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 func (b *builder) categorize(svc Service, p ServicePort, f Family) (cluster, local []Endpoint) {
 	var all []Endpoint
 	seen := map[netip.Addr]bool{}
-	for _, ep := range b.st.Endpoints[svc.Key()] {
+	for _, ep := range b.eps {
 		if familyOf(ep.Addr) != f || seen[ep.Addr] {
 			continue
 		}
@@ -460,7 +519,7 @@ func (b *builder) categorize(svc Service, p ServicePort, f Family) (cluster, loc
 		return term
 	}
 	cluster = choose(all)
-	if zone := b.st.Node.Zone; zone != "" && len(cluster) > 0 {
+	if zone := b.facts.Node.Zone; zone != "" && len(cluster) > 0 {
 		hinted, inZone := true, []Endpoint(nil)
 		for _, ep := range cluster {
 			if len(ep.ZoneHints) == 0 {
@@ -476,7 +535,7 @@ func (b *builder) categorize(svc Service, p ServicePort, f Family) (cluster, loc
 	}
 	var mine []Endpoint
 	for _, ep := range all {
-		if ep.NodeName != "" && ep.NodeName == b.st.Node.Name {
+		if ep.NodeName != "" && ep.NodeName == b.facts.Node.Name {
 			mine = append(mine, ep)
 		}
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,72 +35,10 @@ type nftSet struct {
 	elems []nftables.SetElement
 }
 
-// nftObjects is a Model translated for one table. Adding chains, then sets,
-// then anonymous sets, then rules, in this order, satisfies every reference.
-type nftObjects struct {
-	table  *nftables.Table
-	chains []*nftables.Chain
-	sets   []nftSet // named sets and verdict maps
-	anon   []nftSet // anonymous sets used by rules
-	rules  []*nftables.Rule
-}
-
 // translator carries what rule translation accumulates: the anonymous sets.
 type translator struct {
 	table *nftables.Table
 	anon  []nftSet
-}
-
-// translate turns m into nftables objects. It fails, naming the element,
-// on anything it cannot express; it never drops a rule.
-func translate(m Model) (*nftObjects, error) {
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: m.Table}
-	tr := &translator{table: table}
-	out := &nftObjects{table: table}
-	byName := map[string]*nftables.Chain{}
-	for _, c := range m.Chains {
-		if c.Name == podMasqueradeChain {
-			return nil, fmt.Errorf("chain %s belongs to the routing package", c.Name)
-		}
-		if _, dup := byName[c.Name]; dup {
-			return nil, fmt.Errorf("chain %s: defined twice", c.Name)
-		}
-		ch, err := buildChain(table, c)
-		if err != nil {
-			return nil, err
-		}
-		byName[c.Name] = ch
-		out.chains = append(out.chains, ch)
-	}
-	for _, s := range m.Sets {
-		ns, err := buildSet(table, s)
-		if err != nil {
-			return nil, err
-		}
-		out.sets = append(out.sets, ns)
-	}
-	for _, vm := range m.Maps {
-		ns, err := buildMap(table, vm)
-		if err != nil {
-			return nil, err
-		}
-		out.sets = append(out.sets, ns)
-	}
-	for _, c := range m.Chains {
-		for i, r := range c.Rules {
-			exprs, err := tr.ruleExprs(r)
-			if err != nil {
-				return nil, fmt.Errorf("chain %s rule %d (%s): %w", c.Name, i, r, err)
-			}
-			nr := &nftables.Rule{Table: table, Chain: byName[c.Name], Exprs: exprs}
-			if r.Comment != "" {
-				nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.Comment)
-			}
-			out.rules = append(out.rules, nr)
-		}
-	}
-	out.anon = tr.anon
-	return out, nil
 }
 
 var (
