@@ -224,8 +224,8 @@ func TestDeployManifests(t *testing.T) {
 }
 
 // TestDaemonIdentityIsLeastPrivilege: with the identity deploy/ gives it, a daemon may annotate
-// its own Node with nodenet.dev/ keys and nothing more: not another Node, not labels, not secrets,
-// never nodes/proxy.
+// its own Node with nodenet.dev/ keys and nothing more: not another Node, not labels, not secrets
+// or pods, never nodes/proxy. It reads Services and EndpointSlices and may change neither.
 func TestDaemonIdentityIsLeastPrivilege(t *testing.T) {
 	c := startCluster(t)
 	n1, err := c.cp.JoinNode(t.Context(), lab.NodeOptions{Name: "node1", Index: 1})
@@ -242,6 +242,8 @@ func TestDaemonIdentityIsLeastPrivilege(t *testing.T) {
 	allowed := [][]string{
 		{"get", "nodes"},
 		{"annotate", "node", "node1", "nodenet.dev/vtep-mac=0e:4e:c6:12:00:0b", "--overwrite"},
+		{"get", "services", "--all-namespaces"},
+		{"get", "endpointslices.discovery.k8s.io", "--all-namespaces"},
 	}
 	denied := [][]string{
 		{"annotate", "node", "node2", "nodenet.dev/vtep-mac=0e:4e:c6:12:00:0b"},
@@ -250,6 +252,13 @@ func TestDaemonIdentityIsLeastPrivilege(t *testing.T) {
 		{"get", "secrets", "-n", "kube-system"},
 		{"auth", "can-i", "get", "nodes", "--subresource=proxy"}, // exits 1 for "no"
 		{"delete", "node", "node2"},
+		{"get", "pods", "--all-namespaces"},
+		{"get", "endpoints", "--all-namespaces"},
+		{"create", "service", "clusterip", "probe", "--tcp=80:80", "-n", "default"},
+		{"auth", "can-i", "update", "services", "--subresource=status", "-n", "default"},
+		{"auth", "can-i", "delete", "services", "-n", "default"},
+		{"auth", "can-i", "create", "endpointslices.discovery.k8s.io", "-n", "default"},
+		{"auth", "can-i", "patch", "endpointslices.discovery.k8s.io", "-n", "default"},
 	}
 	for _, a := range allowed {
 		if err := asDaemon(a...); err != nil {

@@ -37,11 +37,17 @@ type Node struct {
 type Hub struct {
 	factory informers.SharedInformerFactory
 	nodes   corelisters.NodeLister
-	synced  []cache.InformerSynced
+	synced  []cache.InformerSynced // the Node cache: routing needs nothing else
 	log     *zap.Logger
 
-	mu          sync.Mutex
-	subscribers []chan struct{}
+	services       corelisters.ServiceLister
+	slices         cache.Indexer // EndpointSlices, indexed byService
+	servicesSynced []cache.InformerSynced
+
+	mu            sync.Mutex
+	subscribers   []chan struct{}
+	serviceSubs   []*ServiceChanges
+	servicesReady bool // set once, after every subscription was given the full world
 }
 
 // New builds the informers; Run starts them.
@@ -63,13 +69,16 @@ func New(client kubernetes.Interface, log *zap.Logger) (*Hub, error) {
 	}
 	h.nodes = nodeInformer.Lister()
 	h.synced = append(h.synced, nodeInformer.Informer().HasSynced)
+	if err := h.addServiceInformers(factory); err != nil {
+		return nil, err
+	}
 	return h, nil
 }
 
-// Subscribe returns a channel that receives a value after every change of interest. It has a
-// buffer of one and sends never block: a subscriber that is busy sees one pending notification
-// however many changes happened meanwhile, and then reads the current state. The hub never closes
-// it; subscribers stop reading when their context ends.
+// Subscribe returns a channel that receives a value after every change of a Node that matters. It
+// has a buffer of one and sends never block: a subscriber that is busy sees one pending
+// notification however many changes happened meanwhile, and then reads the current state. The hub
+// never closes it; subscribers stop reading when their context ends.
 func (h *Hub) Subscribe() <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	h.mu.Lock()
@@ -82,10 +91,7 @@ func (h *Hub) poke() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, ch := range h.subscribers {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
+		notify(ch)
 	}
 }
 
@@ -100,20 +106,31 @@ func (h *Hub) nodeUpdated(old, cur any) {
 	h.poke()
 }
 
-// Run starts the informers, waits for their caches and blocks until ctx ends.
+// Run starts the informers and blocks until ctx ends. Node and Service caches sync independently:
+// a daemon whose identity may not list Services (an older deploy/rbac.yaml) still routes.
 func (h *Hub) Run(ctx context.Context) error {
 	h.factory.Start(ctx.Done())
 	defer h.factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), h.synced...) {
-		return nil // stopped before the caches filled: a shutdown, not a failure
-	}
-	h.log.Info("informer caches synced")
-	h.poke()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Both return when ctx ends: a shutdown before the caches filled is not a failure.
+	wg.Go(func() {
+		if cache.WaitForCacheSync(ctx.Done(), h.synced...) {
+			h.log.Info("node cache synced")
+			h.poke()
+		}
+	})
+	wg.Go(func() {
+		if cache.WaitForCacheSync(ctx.Done(), h.servicesSynced...) {
+			h.log.Info("service and endpointslice caches synced")
+			h.markWorld()
+		}
+	})
 	<-ctx.Done()
 	return nil
 }
 
-// WaitForSync blocks until the caches are filled or ctx ends.
+// WaitForSync blocks until the Node cache is filled or ctx ends.
 func (h *Hub) WaitForSync(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), h.synced...) {
 		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())

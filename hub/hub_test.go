@@ -38,6 +38,16 @@ func startHub(t *testing.T, client *fake.Clientset) (*Hub, <-chan struct{}) {
 		t.Fatal(err)
 	}
 	changes := h.Subscribe()
+	runHub(t, h)
+	if err := h.WaitForSync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return h, changes
+}
+
+// runHub runs h until the test ends.
+func runHub(t *testing.T, h *Hub) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }()
@@ -47,10 +57,6 @@ func startHub(t *testing.T, client *fake.Clientset) (*Hub, <-chan struct{}) {
 			t.Error(err)
 		}
 	})
-	if err := h.WaitForSync(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	return h, changes
 }
 
 func waitPoke(t *testing.T, ch <-chan struct{}) {
