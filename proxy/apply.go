@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 	"go.uber.org/zap"
 )
 
@@ -36,7 +39,7 @@ func NewApplier(netnsFD int, log *zap.Logger) *Applier {
 // newConn returns a connection that opens its socket only when flushed: a
 // batch that fails while being queued is dropped with its Conn.
 func (a *Applier) newConn() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
+	opts := []nftables.ConnOption{nftables.WithSockOptions(largeBuffers)}
 	if a.netnsFD != 0 {
 		opts = append(opts, nftables.WithNetNSFd(a.netnsFD))
 	}
@@ -45,6 +48,28 @@ func (a *Applier) newConn() (*nftables.Conn, error) {
 		return nil, fmt.Errorf("nft conn: %w", err)
 	}
 	return c, nil
+}
+
+// socketBuffer is what a batch socket may hold each way. A batch goes out
+// in one sendmsg and every message in it is acknowledged, so the default
+// buffers (about 200 KiB) hold a few hundred rules; forcing them past the
+// sysctl limits needs CAP_NET_ADMIN, which the daemon has.
+const socketBuffer = 64 << 20
+
+func largeBuffers(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, socketBuffer); e != nil {
+				serr = fmt.Errorf("set netlink socket buffer: %w", e)
+			}
+		}
+	})
+	return cmp.Or(err, serr)
 }
 
 // Apply makes the proxy's part of the table equal to m, whatever is there
@@ -209,7 +234,7 @@ func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
 		if err != nil {
 			return err
 		}
-		if err := c.AddSet(ns.set, ns.elems); err != nil {
+		if err := addSet(c, ns.set, ns.elems); err != nil {
 			return fmt.Errorf("add set %s: %w", s.Name, err)
 		}
 	}
@@ -227,7 +252,7 @@ func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
 	// Anonymous sets go in after the named ones and before the rules that
 	// use them.
 	for _, s := range tr.anon {
-		if err := c.AddSet(s.set, s.elems); err != nil {
+		if err := addSet(c, s.set, s.elems); err != nil {
 			return fmt.Errorf("add anonymous set: %w", err)
 		}
 	}
@@ -289,12 +314,7 @@ func elements(c *nftables.Conn, t *nftables.Table, dels []elemKey, adds []Elemen
 		if err != nil {
 			return err
 		}
-		if del {
-			err = c.SetDeleteElements(ns.set, byMap[m])
-		} else {
-			err = c.SetAddElements(ns.set, byMap[m])
-		}
-		if err != nil {
+		if err := setElems(c, ns.set, byMap[m], del); err != nil {
 			return fmt.Errorf("map %s elements: %w", m, err)
 		}
 	}
@@ -317,14 +337,41 @@ func setElements(c *nftables.Conn, t *nftables.Table, name string, addrs []strin
 		return nil
 	}
 	s := &nftables.Set{Table: t, Name: name, KeyType: addrSetType(f)}
-	var err error
-	if del {
-		err = c.SetDeleteElements(s, els)
-	} else {
-		err = c.SetAddElements(s, els)
-	}
-	if err != nil {
+	if err := setElems(c, s, els, del); err != nil {
 		return fmt.Errorf("set %s elements: %w", name, err)
+	}
+	return nil
+}
+
+// elemsPerMessage keeps one message's element list, a netlink attribute
+// with a 16-bit length, well below 64 KiB: an element with a long comment
+// and verdict chain takes about 300 bytes.
+const elemsPerMessage = 128
+
+// addSet creates a set and queues its elements in as many messages as
+// they need. Elements may be added to an anonymous set until a rule binds
+// it, later in the same batch.
+func addSet(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
+	if err := c.AddSet(s, nil); err != nil {
+		return err
+	}
+	named := *s // google/nftables refuses element updates of anonymous sets
+	named.Anonymous = false
+	return setElems(c, &named, elems, false)
+}
+
+// setElems queues element additions or deletions in bounded messages.
+func setElems(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement, del bool) error {
+	for chunk := range slices.Chunk(elems, elemsPerMessage) {
+		var err error
+		if del {
+			err = c.SetDeleteElements(s, chunk)
+		} else {
+			err = c.SetAddElements(s, chunk)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -1,0 +1,261 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"go.uber.org/zap/zaptest"
+)
+
+// manyServices returns n ClusterIP Services with a NodePort and two
+// endpoints each, numbered from first.
+func manyServices(first, n int) map[ServiceKey]*ServiceInput {
+	out := map[ServiceKey]*ServiceInput{}
+	for i := first; i < first+n; i++ {
+		svc := Service{Namespace: "bench", Name: fmt.Sprintf("svc-%05d", i),
+			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
+			Ports:      httpPort(int32(30000 + i%2700))}
+		out[svc.Key()] = &ServiceInput{Service: svc, Endpoints: []Endpoint{
+			ep(fmt.Sprintf("10.244.%d.%d", i>>8, i&0xff), nodeA, http8080()),
+			ep(fmt.Sprintf("10.245.%d.%d", i>>8, i&0xff), nodeB, http8080()),
+		}}
+	}
+	return out
+}
+
+func syncerFacts() Facts {
+	return Facts{Node: Node{Name: nodeA}, ClusterCIDRs: []netip.Prefix{pf("10.244.0.0/15")}}
+}
+
+func newTestSyncer(t *testing.T, node ns.NetNS) *Syncer {
+	return NewSyncer(NewApplier(int(node.Fd()), zaptest.NewLogger(t)), syncerFacts(), zaptest.NewLogger(t))
+}
+
+func mustSync(t *testing.T, s *Syncer, changed map[ServiceKey]*ServiceInput) SyncResult {
+	t.Helper()
+	res, err := s.Sync(changed)
+	if err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	return res
+}
+
+// checkLedger asserts that the kernel, the ledger and a full Build of the
+// Syncer's inputs all agree.
+func checkLedger(t *testing.T, s *Syncer) {
+	t.Helper()
+	have, err := s.app.readKernel(TableName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := State{Node: s.facts.Node, ClusterCIDRs: s.facts.ClusterCIDRs, Endpoints: map[ServiceKey][]Endpoint{}}
+	for k, in := range s.inputs {
+		st.Services = append(st.Services, in.Service)
+		st.Endpoints[k] = in.Endpoints
+	}
+	want := digestOf(Build(st))
+	if sum := diffSummary(have, want); sum != "" {
+		t.Errorf("kernel differs from a full build: %s", sum)
+	}
+	if sum := diffSummary(*s.ledger, want); sum != "" {
+		t.Errorf("ledger differs from a full build: %s", sum)
+	}
+}
+
+func TestSyncerTransactionSize(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	res := mustSync(t, s, manyServices(0, 1000))
+	if !res.Full || res.Services != 1000 {
+		t.Fatalf("first sync %+v, want a full one of 1000 Services", res)
+	}
+	t.Logf("cold start, 1000 Services: %d objects in %d batches", res.Ops, res.Batches)
+
+	if res := mustSync(t, s, nil); res.Ops != 0 || res.Batches != 0 {
+		t.Errorf("no change sent %+v", res)
+	}
+	// The same inputs again: rebuilt, nothing sent.
+	if res := mustSync(t, s, manyServices(0, 1000)); res.Ops != 0 || res.Batches != 0 || res.Full {
+		t.Errorf("unchanged inputs sent %+v", res)
+	}
+
+	// One new Service: its 4 chains (service, external, 2 endpoints), their
+	// 8 rules, 2 map elements (ClusterIP, NodePort).
+	res = mustSync(t, s, manyServices(1000, 1))
+	if res.Full || res.Batches != 1 || res.Ops != 14 {
+		t.Errorf("adding one Service to 1000: %+v, want 14 objects in one partial batch", res)
+	}
+	// One endpoint gone: its chain flushed and deleted, the service chain
+	// rewritten (flush + 2 rules).
+	k := ServiceKey{"bench", "svc-00007"}
+	in, _ := s.Input(k)
+	in.Endpoints = in.Endpoints[:1]
+	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{k: &in}); res.Ops != 5 || res.Batches != 1 {
+		t.Errorf("removing one endpoint: %+v, want 5 objects in one batch", res)
+	}
+	// A Service deleted: 2 elements deleted, 4 chains flushed and deleted.
+	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{{"bench", "svc-00008"}: nil}); res.Ops != 10 {
+		t.Errorf("deleting one Service: %+v, want 10 objects", res)
+	}
+	checkLedger(t, s)
+
+	// A restarted daemon with the same inputs finds the kernel as it wants
+	// it and sends nothing.
+	again := newTestSyncer(t, node)
+	all := manyServices(0, 1001)
+	all[k] = &in
+	delete(all, ServiceKey{"bench", "svc-00008"})
+	if res := mustSync(t, again, all); !res.Full || res.Ops != 0 {
+		t.Errorf("restart with unchanged inputs: %+v, want a full sync sending nothing", res)
+	}
+}
+
+func TestSyncerSplitsColdStart(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	s.app.batchOps = 100
+	res := mustSync(t, s, manyServices(0, 60))
+	if res.Batches < 5 {
+		t.Errorf("cold start of %d objects went in %d batches of at most 100", res.Ops, res.Batches)
+	}
+	checkLedger(t, s)
+	// Changes after the cold start still go in one batch.
+	if res := mustSync(t, s, manyServices(60, 1)); res.Batches != 1 {
+		t.Errorf("one new Service went in %d batches", res.Batches)
+	}
+	checkLedger(t, s)
+}
+
+func TestSyncerRepairsDrift(t *testing.T) {
+	requireRoot(t)
+	requireNft(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	mustSync(t, s, manyServices(0, 3))
+	if _, drift, err := s.CheckDrift(); err != nil || drift {
+		t.Fatalf("CheckDrift right after a sync: drift %v, err %v", drift, err)
+	}
+	for name, cmd := range map[string]string{
+		"flushed chain":    "flush chain inet nodenet services",
+		"deleted element":  "delete element inet nodenet service-ips-v4 { 10.96.0.1 . tcp . 80 }",
+		"foreign rule":     "add rule inet nodenet reject-chain accept",
+		"deleted table":    "delete table inet nodenet",
+		"extra element":    "add element inet nodenet service-ips-v4 { 10.96.9.9 . tcp . 80 : drop }",
+	} {
+		t.Run(name, func(t *testing.T) {
+			nft(t, node, cmd)
+			res, drift, err := s.CheckDrift()
+			if err != nil || !drift {
+				t.Fatalf("CheckDrift after %q: drift %v, err %v", cmd, drift, err)
+			}
+			if res.Ops == 0 {
+				t.Errorf("repair sent nothing")
+			}
+			checkLedger(t, s)
+			if _, drift, _ := s.CheckDrift(); drift {
+				t.Errorf("still drifting after the repair")
+			}
+		})
+	}
+}
+
+func nft(t *testing.T, n ns.NetNS, cmd string) {
+	t.Helper()
+	err := n.Do(func(ns.NetNS) error {
+		out, err := exec.Command("nft", cmd).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("nft %s: %v: %s", cmd, err, out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Two Services may share an external IP and port: the first in
+// namespace/name order gets the map key; when it goes, the other takes it.
+func TestSyncerSharedKey(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	shared := a("192.0.2.10")
+	mk := func(name, cip, backend string) *ServiceInput {
+		return &ServiceInput{
+			Service:   Service{Namespace: "ns", Name: name, ClusterIPs: []netip.Addr{a(cip)}, ExternalIPs: []netip.Addr{shared}, Ports: httpPort(0)},
+			Endpoints: []Endpoint{ep(backend, nodeA, http8080())},
+		}
+	}
+	mustSync(t, s, map[ServiceKey]*ServiceInput{
+		{"ns", "b"}: mk("b", "10.96.0.2", "10.244.0.2"),
+		{"ns", "a"}: mk("a", "10.96.0.1", "10.244.0.1"),
+	})
+	owner := func() string {
+		return s.ledger.Elems[elemKey{mapServiceIPs(IPv4), MapKey{Addr: shared, Proto: TCP, Port: 80}}]
+	}
+	if got := owner(); !strings.Contains(got, "ns/a/") {
+		t.Errorf("shared key goes to %q, want ns/a", got)
+	}
+	checkLedger(t, s)
+	mustSync(t, s, map[ServiceKey]*ServiceInput{{"ns", "a"}: nil})
+	if got := owner(); !strings.Contains(got, "ns/b/") {
+		t.Errorf("after deleting ns/a the shared key goes to %q, want ns/b", got)
+	}
+	checkLedger(t, s)
+}
+
+// A Service whose rules cannot be written is left out alone.
+func TestSyncerRejectsBrokenServiceAlone(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	changes := manyServices(0, 3)
+	bad := &ServiceInput{Service: Service{Namespace: "ns", Name: "bad", ClusterIPs: []netip.Addr{a("10.96.1.1")},
+		Ports: []ServicePort{{Name: "x", Protocol: "dccp", Port: 9}}},
+		Endpoints: []Endpoint{ep("10.244.9.9", nodeA, map[string]int32{"x": 9})}}
+	changes[ServiceKey{"ns", "bad"}] = bad
+	mustSync(t, s, changes)
+	if err := s.Rejected()[ServiceKey{"ns", "bad"}]; err == nil || !strings.Contains(err.Error(), `unknown protocol "dccp"`) {
+		t.Errorf("rejected: %v, want ns/bad for its protocol", s.Rejected())
+	}
+	for ek := range s.ledger.Elems {
+		if ek.Key.Addr == a("10.96.1.1") {
+			t.Errorf("element %v of the rejected Service written", ek)
+		}
+	}
+	if len(s.ledger.Elems) != 6 {
+		t.Errorf("%d map elements written, want the 3 good Services' 6", len(s.ledger.Elems))
+	}
+	// Later changes to others are partial again; fixing the bad one takes it in.
+	mustSync(t, s, manyServices(3, 1))
+	bad.Service.Ports[0].Protocol = UDP
+	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{{"ns", "bad"}: bad}); res.Full || len(s.Rejected()) != 0 {
+		t.Errorf("fixed Service: %+v, rejected %v", res, s.Rejected())
+	}
+	checkLedger(t, s)
+}
+
+func TestSyncerFactsChangeRebuildsAll(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	mustSync(t, s, manyServices(0, 5))
+	f := syncerFacts()
+	f.Node.Addresses = []netip.Addr{nodeIP}
+	s.SetFacts(f)
+	res := mustSync(t, s, nil)
+	if !res.Full || res.Ops == 0 {
+		t.Errorf("facts change: %+v, want a full sync that sends the new NodePort rules", res)
+	}
+	checkLedger(t, s)
+	s.SetFacts(f)
+	if res := mustSync(t, s, nil); res.Ops != 0 {
+		t.Errorf("same facts again sent %+v", res)
+	}
+}
