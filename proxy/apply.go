@@ -9,8 +9,8 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // maxBatchOps bounds one netlink batch of a split plan. The kernel holds

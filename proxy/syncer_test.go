@@ -142,11 +142,11 @@ func TestSyncerRepairsDrift(t *testing.T) {
 		t.Fatalf("CheckDrift right after a sync: drift %v, err %v", drift, err)
 	}
 	for name, cmd := range map[string]string{
-		"flushed chain":    "flush chain inet nodenet services",
-		"deleted element":  "delete element inet nodenet service-ips-v4 { 10.96.0.1 . tcp . 80 }",
-		"foreign rule":     "add rule inet nodenet reject-chain accept",
-		"deleted table":    "delete table inet nodenet",
-		"extra element":    "add element inet nodenet service-ips-v4 { 10.96.9.9 . tcp . 80 : drop }",
+		"flushed chain":   "flush chain inet nodenet services",
+		"deleted element": "delete element inet nodenet service-ips-v4 { 10.96.0.1 . tcp . 80 }",
+		"foreign rule":    "add rule inet nodenet reject-chain accept",
+		"deleted table":   "delete table inet nodenet",
+		"extra element":   "add element inet nodenet service-ips-v4 { 10.96.9.9 . tcp . 80 : drop }",
 	} {
 		t.Run(name, func(t *testing.T) {
 			nft(t, node, cmd)
