@@ -120,11 +120,23 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 
 	mtu := d.cfg.CNI.MTU
 	if client != nil {
-		vtep, err := d.startRouting(bgRun, bg, client, nl, podCIDRs)
+		h, err := hub.New(client, d.log)
+		if err != nil {
+			return err
+		}
+		bg.Go(func() error { return h.Run(bgRun) })
+		vtep, err := d.startRouting(bgRun, bg, client, h, nl, podCIDRs)
 		if err != nil {
 			return err
 		}
 		mtu = podMTU(d.cfg, vtep)
+		if d.cfg.ProxyEnabled() {
+			stop, err := d.startProxy(bgRun, bg, h, nl, int(nodeNS), reg)
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
 	}
 	local, err := routing.NewLocal(routing.LocalConfig{
 		Bridge:       d.cfg.CNI.Bridge,
@@ -178,8 +190,8 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 }
 
 // startRouting sets up the routes to other nodes' pods: the VXLAN device (its MAC published on
-// this Node for peers), the informers, and the loop that follows Node changes.
-func (d *daemon) startRouting(ctx context.Context, bg *errgroup.Group, client kubernetes.Interface, nl *netlink.Handle, podCIDRs []netip.Prefix) (routing.VTEP, error) {
+// this Node for peers) and the loop that follows Node changes.
+func (d *daemon) startRouting(ctx context.Context, bg *errgroup.Group, client kubernetes.Interface, h *hub.Hub, nl *netlink.Handle, podCIDRs []netip.Prefix) (routing.VTEP, error) {
 	var addr netip.Addr
 	if err := retry(ctx, d.log, "read this node's InternalIP", func() (err error) {
 		addr, err = nodeAddress(ctx, client, d.cfg.NodeName)
@@ -200,13 +212,8 @@ func (d *daemon) startRouting(ctx context.Context, bg *errgroup.Group, client ku
 	}); err != nil {
 		return routing.VTEP{}, err
 	}
-	h, err := hub.New(client, d.log)
-	if err != nil {
-		return routing.VTEP{}, err
-	}
 	syncer := &routeSyncer{hub: h, overlay: overlay, self: d.cfg.NodeName, family: addr, changes: h.Subscribe(),
 		log: d.log.Named("routes"), ownCIDRs: podCIDRs, cidrsFromAPI: len(d.cfg.PodCIDRs) == 0}
-	bg.Go(func() error { return h.Run(ctx) })
 	bg.Go(func() error { return syncer.run(ctx) })
 	return vtep, nil
 }

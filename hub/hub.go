@@ -31,6 +31,7 @@ type Node struct {
 	InternalIPs []netip.Addr // status.addresses of type InternalIP, in the order the kubelet gave them
 	PodCIDRs    []netip.Prefix
 	VTEPMAC     net.HardwareAddr
+	Zone        string // topology.kubernetes.io/zone, for topology-aware routing of Services
 }
 
 // Hub starts the informers and fans change notifications out to subscribers.
@@ -161,7 +162,7 @@ func (h *Hub) Nodes() ([]Node, error) {
 }
 
 func toNode(o *corev1.Node) Node {
-	n := Node{Name: o.Name}
+	n := Node{Name: o.Name, Zone: o.Labels[corev1.LabelTopologyZone]}
 	for _, a := range o.Status.Addresses {
 		if a.Type != corev1.NodeInternalIP {
 			continue
@@ -186,7 +187,7 @@ func toNode(o *corev1.Node) Node {
 }
 
 func nodeEqual(a, b Node) bool {
-	return a.Name == b.Name && slices.Equal(a.InternalIPs, b.InternalIPs) &&
+	return a.Name == b.Name && a.Zone == b.Zone && slices.Equal(a.InternalIPs, b.InternalIPs) &&
 		slices.Equal(a.PodCIDRs, b.PodCIDRs) && a.VTEPMAC.String() == b.VTEPMAC.String()
 }
 

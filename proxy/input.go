@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -89,8 +90,7 @@ const (
 // FromObjects converts API objects to proxy input the way kube-proxy reads
 // them: headless, ExternalName and Services claimed by another proxy
 // (service.kubernetes.io/service-proxy-name) are skipped; EndpointSlices are
-// merged by their kubernetes.io/service-name label and endpoints deduplicated
-// by address; a nil ready condition counts as ready.
+// merged by their kubernetes.io/service-name label (see InputFromObjects).
 func FromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node Node, clusterCIDRs []netip.Prefix, masqueradeAll bool) State {
 	st := State{
 		Endpoints:     map[ServiceKey][]Endpoint{},
@@ -98,22 +98,38 @@ func FromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node 
 		ClusterCIDRs:  clusterCIDRs,
 		MasqueradeAll: masqueradeAll,
 	}
-	wanted := map[ServiceKey]bool{}
+	slicesOf := map[ServiceKey][]*discoveryv1.EndpointSlice{}
+	for _, sl := range eps {
+		if name := sl.Labels[labelServiceName]; name != "" {
+			k := ServiceKey{sl.Namespace, name}
+			slicesOf[k] = append(slicesOf[k], sl)
+		}
+	}
 	for _, svc := range svcs {
-		s, ok := serviceFromObject(svc)
+		in, ok := InputFromObjects(svc, slicesOf[ServiceKey{svc.Namespace, svc.Name}])
 		if !ok {
 			continue
 		}
-		st.Services = append(st.Services, s)
-		wanted[s.Key()] = true
-	}
-	seen := map[ServiceKey]map[netip.Addr]int{}
-	for _, sl := range eps {
-		name := sl.Labels[labelServiceName]
-		key := ServiceKey{sl.Namespace, name}
-		if name == "" || !wanted[key] {
-			continue
+		st.Services = append(st.Services, in.Service)
+		if len(in.Endpoints) > 0 {
+			st.Endpoints[in.Service.Key()] = in.Endpoints
 		}
+	}
+	return st
+}
+
+// InputFromObjects converts one Service and its EndpointSlices. It reports
+// false for Services the proxy does not handle. Endpoints are deduplicated
+// by address across slices (the same address may sit in two slices while
+// the controller moves it); a nil ready condition counts as ready.
+func InputFromObjects(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (ServiceInput, bool) {
+	s, ok := serviceFromObject(svc)
+	if !ok {
+		return ServiceInput{}, false
+	}
+	in := ServiceInput{Service: s}
+	seen := map[netip.Addr]int{}
+	for _, sl := range slices {
 		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
 		}
@@ -128,9 +144,6 @@ func FromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node 
 			}
 			ports[n] = *p.Port
 		}
-		if seen[key] == nil {
-			seen[key] = map[netip.Addr]int{}
-		}
 		for _, e := range sl.Endpoints {
 			if len(e.Addresses) == 0 {
 				continue
@@ -140,6 +153,13 @@ func FromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node 
 				continue
 			}
 			addr = addr.Unmap()
+			if i, dup := seen[addr]; dup {
+				// Keep the first conditions, merge the ports.
+				for n, p := range ports {
+					in.Endpoints[i].Ports[n] = p
+				}
+				continue
+			}
 			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
 			serving := ready
 			if e.Conditions.Serving != nil {
@@ -147,7 +167,7 @@ func FromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node 
 			}
 			ep := Endpoint{
 				Addr:        addr,
-				Ports:       map[string]int32{},
+				Ports:       maps.Clone(ports),
 				Ready:       ready,
 				Serving:     serving,
 				Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
@@ -160,22 +180,11 @@ func FromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node 
 					ep.ZoneHints = append(ep.ZoneHints, z.Name)
 				}
 			}
-			if i, dup := seen[key][addr]; dup {
-				// The same address in two slices (e.g. during a slice
-				// split): merge its ports, keep the first conditions.
-				for n, p := range ports {
-					st.Endpoints[key][i].Ports[n] = p
-				}
-				continue
-			}
-			for n, p := range ports {
-				ep.Ports[n] = p
-			}
-			seen[key][addr] = len(st.Endpoints[key])
-			st.Endpoints[key] = append(st.Endpoints[key], ep)
+			seen[addr] = len(in.Endpoints)
+			in.Endpoints = append(in.Endpoints, ep)
 		}
 	}
-	return st
+	return in, true
 }
 
 func serviceFromObject(svc *corev1.Service) (Service, bool) {

@@ -82,6 +82,18 @@ func (s *Syncer) Input(k ServiceKey) (ServiceInput, bool) {
 	return in, ok
 }
 
+// State returns every input as one State, for consumers that look at the
+// whole world (the conntrack cleaner).
+func (s *Syncer) State() State {
+	st := State{Node: s.facts.Node, ClusterCIDRs: s.facts.ClusterCIDRs, MasqueradeAll: s.facts.MasqueradeAll,
+		Endpoints: make(map[ServiceKey][]Endpoint, len(s.inputs))}
+	for k, in := range s.inputs {
+		st.Services = append(st.Services, in.Service)
+		st.Endpoints[k] = in.Endpoints
+	}
+	return st
+}
+
 // Rejected returns the Services left out because their rules failed, with
 // the reason.
 func (s *Syncer) Rejected() map[ServiceKey]error { return maps.Clone(s.rejected) }

@@ -92,7 +92,7 @@ func (l *Lab) AddNode(opts NodeOptions) (*Node, error) {
 		"stateDir":     n.StateDir,
 		"runDir":       n.RunDir,
 		"cni":          map[string]any{"binDir": n.CNIBinDir, "confDir": n.ConfDir},
-		"proxy":        map[string]any{"enabled": false},
+		"proxy":        map[string]any{"enabled": opts.Kubeconfig != ""}, // Services need the API
 		"dns":          map[string]any{"enabled": false},
 		"logging":      map[string]any{"level": "debug", "format": "json"},
 	}

@@ -1,0 +1,258 @@
+// Package runner runs nodenet's Service proxy: it follows the hub's
+// Service and EndpointSlice changes, hands them to the Syncer, and keeps
+// the health check node ports, the conntrack table and the metrics in step
+// with what was programmed.
+package runner
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/nodenet/nodenet/hub"
+	"github.com/nodenet/nodenet/proxy"
+)
+
+// HealthServer serves the health check node ports of
+// externalTrafficPolicy: Local Services (proxy/healthcheck).
+type HealthServer interface {
+	SyncServices(map[proxy.ServiceKey]int32)
+	SyncEndpoints(map[proxy.ServiceKey]int)
+	SetProxyHealthy(bool)
+}
+
+// ConntrackCleaner removes flows to backends that are gone
+// (proxy/conntrack).
+type ConntrackCleaner interface {
+	Clean(proxy.State) (int, error)
+}
+
+// Config is what the runner works with. Health and Conntrack may be nil.
+type Config struct {
+	Hub       *hub.Hub
+	Syncer    *proxy.Syncer
+	Health    HealthServer
+	Conntrack ConntrackCleaner
+	// Facts is asked for the node facts before the first sync and at
+	// every drift check: node addresses and zone may change.
+	Facts         func() (proxy.Facts, error)
+	DriftInterval time.Duration
+	Registerer    prometheus.Registerer
+	Log           *zap.Logger
+}
+
+// Backoff bounds for retrying a failed sync; each retry is a full sync.
+const (
+	minBackoff = time.Second
+	maxBackoff = 30 * time.Second
+)
+
+type runner struct {
+	Config
+	m       *metrics
+	changes *hub.ServiceChanges
+	// Trigger times of changes not yet programmed, for the programming
+	// latency; kept across failed syncs.
+	pending map[proxy.ServiceKey]time.Time
+	hcPorts map[proxy.ServiceKey]int32
+	local   map[proxy.ServiceKey]int
+	synced  bool
+}
+
+// Run syncs until ctx ends. The first sync waits for the hub's first
+// notification, which comes once the Service and EndpointSlice caches hold
+// the whole cluster: syncing an empty world first would remove every
+// Service's rules on each restart.
+func Run(ctx context.Context, cfg Config) error {
+	r := &runner{Config: cfg, m: newMetrics(cfg.Registerer), changes: cfg.Hub.SubscribeServices(),
+		pending: map[proxy.ServiceKey]time.Time{}, hcPorts: map[proxy.ServiceKey]int32{}, local: map[proxy.ServiceKey]int{}}
+	r.Log = r.Log.Named("proxy")
+	drift := time.NewTicker(cfg.DriftInterval)
+	defer drift.Stop()
+	var retry <-chan time.Time
+	backoff := minBackoff
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.changes.C():
+		case <-retry:
+		case <-drift.C:
+			if r.synced {
+				r.refreshFacts()
+				r.checkDrift()
+			}
+			continue
+		}
+		if !r.synced {
+			r.refreshFacts()
+		}
+		if err := r.sync(); err != nil {
+			r.m.failures.Inc()
+			r.Log.Error("sync failed; retrying with a full sync", zap.Duration("in", backoff), zap.Error(err))
+			if r.Health != nil {
+				r.Health.SetProxyHealthy(false)
+			}
+			retry = time.After(backoff)
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		retry, backoff = nil, minBackoff
+		if r.Health != nil {
+			r.Health.SetProxyHealthy(true)
+		}
+	}
+}
+
+func (r *runner) refreshFacts() {
+	f, err := r.Facts()
+	if err != nil {
+		r.Log.Warn("node facts unavailable; keeping the last ones", zap.Error(err))
+		return
+	}
+	r.Syncer.SetFacts(f)
+}
+
+// sync takes the pending changes, converts them and programs them.
+func (r *runner) sync() error {
+	taken := r.changes.Take()
+	changed := make(map[proxy.ServiceKey]*proxy.ServiceInput, len(taken))
+	udp := false
+	for hk, at := range taken {
+		k := proxy.ServiceKey(hk)
+		if t, ok := r.pending[k]; !ok || t.IsZero() || (!at.IsZero() && at.Before(t)) {
+			r.pending[k] = at
+		}
+		in, err := r.input(hk)
+		if err != nil {
+			return err
+		}
+		changed[k] = in
+		old, _ := r.Syncer.Input(k)
+		udp = udp || hasDatagramPort(old.Service) || (in != nil && hasDatagramPort(in.Service))
+	}
+	start := time.Now()
+	res, err := r.Syncer.Sync(changed)
+	mode := "partial"
+	if res.Full {
+		mode = "full"
+	}
+	r.m.duration.WithLabelValues(mode).Observe(time.Since(start).Seconds())
+	r.m.objects.WithLabelValues(mode).Add(float64(res.Ops))
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for k, t := range r.pending {
+		if !t.IsZero() && r.synced {
+			r.m.programming.Observe(now.Sub(t).Seconds())
+		}
+		delete(r.pending, k)
+	}
+	r.m.lastSync.Set(float64(now.UnixNano()) / 1e9)
+	r.m.rejected.Set(float64(len(r.Syncer.Rejected())))
+	if res.Ops > 0 || !r.synced {
+		r.Log.Info("synced", zap.String("mode", mode), zap.Int("services", res.Services), zap.Int("objects", res.Ops),
+			zap.Int("batches", res.Batches), zap.Duration("took", now.Sub(start)))
+	}
+	first := !r.synced
+	r.synced = true
+	r.updateHealth(changed, first || res.Full)
+	if r.Conntrack != nil && (udp || first) {
+		if n, err := r.Conntrack.Clean(r.Syncer.State()); err != nil {
+			r.Log.Warn("conntrack cleanup", zap.Error(err))
+		} else if n > 0 {
+			r.Log.Debug("deleted stale conntrack flows", zap.Int("flows", n))
+		}
+	}
+	return nil
+}
+
+// input reads one Service and its slices from the hub; nil means the
+// proxy has nothing to do for it (deleted, headless, another proxy's).
+func (r *runner) input(k hub.ServiceKey) (*proxy.ServiceInput, error) {
+	svc, ok, err := r.Hub.Service(k)
+	if err != nil || !ok {
+		return nil, err
+	}
+	slices, err := r.Hub.EndpointSlices(k)
+	if err != nil {
+		return nil, err
+	}
+	in, ok := proxy.InputFromObjects(svc, slices)
+	if !ok {
+		return nil, nil
+	}
+	return &in, nil
+}
+
+func (r *runner) checkDrift() {
+	start := time.Now()
+	res, repaired, err := r.Syncer.CheckDrift()
+	if repaired {
+		r.m.duration.WithLabelValues("full").Observe(time.Since(start).Seconds())
+		r.m.objects.WithLabelValues("full").Add(float64(res.Ops))
+		r.m.repairs.Inc()
+	}
+	if err != nil {
+		r.m.failures.Inc()
+		r.Log.Error("drift check failed", zap.Error(err))
+		return
+	}
+	if repaired {
+		r.Log.Info("repaired drift", zap.Int("objects", res.Ops))
+	}
+}
+
+// updateHealth refreshes the health check ports and local endpoint
+// counts of the changed Services, or of all after a full sync.
+func (r *runner) updateHealth(changed map[proxy.ServiceKey]*proxy.ServiceInput, all bool) {
+	if r.Health == nil {
+		return
+	}
+	node := r.Syncer.State().Node.Name
+	update := func(k proxy.ServiceKey, in *proxy.ServiceInput) {
+		delete(r.hcPorts, k)
+		delete(r.local, k)
+		if in == nil || !in.Service.ExternalLocal {
+			return
+		}
+		for _, p := range in.Service.Ports {
+			if p.HealthCheckNodePort > 0 {
+				r.hcPorts[k] = p.HealthCheckNodePort
+			}
+		}
+		n := 0
+		for _, ep := range in.Endpoints {
+			if ep.Ready && ep.NodeName == node {
+				n++
+			}
+		}
+		r.local[k] = n
+	}
+	if all {
+		clear(r.hcPorts)
+		clear(r.local)
+		st := r.Syncer.State()
+		for _, svc := range st.Services {
+			update(svc.Key(), &proxy.ServiceInput{Service: svc, Endpoints: st.Endpoints[svc.Key()]})
+		}
+	} else {
+		for k, in := range changed {
+			update(k, in)
+		}
+	}
+	r.Health.SyncServices(r.hcPorts)
+	r.Health.SyncEndpoints(r.local)
+}
+
+func hasDatagramPort(s proxy.Service) bool {
+	for _, p := range s.Ports {
+		if p.Protocol == proxy.UDP || p.Protocol == proxy.SCTP {
+			return true
+		}
+	}
+	return false
+}

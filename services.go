@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nodenet/nodenet/hub"
+	"github.com/nodenet/nodenet/proxy"
+	"github.com/nodenet/nodenet/proxy/conntrack"
+	"github.com/nodenet/nodenet/proxy/healthcheck"
+	"github.com/nodenet/nodenet/proxy/runner"
+)
+
+// driftInterval is how often the Service rules are compared with the kernel, so that a chain or
+// element another program removed comes back without a restart.
+const driftInterval = time.Minute
+
+// startProxy starts Service load balancing in the node's namespace (nodeNS, a descriptor). The
+// returned function closes the health check ports and the conntrack socket; call it after bg
+// has stopped.
+func (d *daemon) startProxy(ctx context.Context, bg *errgroup.Group, h *hub.Hub, nl *netlink.Handle, nodeNS int, reg prometheus.Registerer) (func(), error) {
+	nodePortAddrs, err := d.nodePortAddresses(nl)
+	if err != nil {
+		return nil, err
+	}
+	facts := func() (proxy.Facts, error) {
+		f := proxy.Facts{Node: proxy.Node{Name: d.cfg.NodeName}, ClusterCIDRs: d.cfg.ClusterCIDRs, MasqueradeAll: d.cfg.Proxy.MasqueradeAll}
+		addrs, err := d.nodePortAddresses(nl)
+		if err != nil {
+			return f, err
+		}
+		f.Node.Addresses = addrs
+		nodes, err := h.Nodes()
+		if err != nil {
+			return f, err
+		}
+		if i := slices.IndexFunc(nodes, func(n hub.Node) bool { return n.Name == d.cfg.NodeName }); i >= 0 {
+			f.Node.Zone = nodes[i].Zone
+		}
+		return f, nil
+	}
+	ct, err := conntrack.New(conntrack.Config{NetNS: nodeNS, Log: d.log, Registerer: reg})
+	if err != nil {
+		return nil, fmt.Errorf("open conntrack: %w", err)
+	}
+	health := healthcheck.New(d.log, nodePortAddrs, healthcheck.WithRegisterer(reg))
+	syncer := proxy.NewSyncer(proxy.NewApplier(nodeNS, d.log), proxy.Facts{Node: proxy.Node{Name: d.cfg.NodeName}}, d.log)
+	bg.Go(func() error {
+		return runner.Run(ctx, runner.Config{Hub: h, Syncer: syncer, Health: health, Conntrack: ct, Facts: facts,
+			DriftInterval: driftInterval, Registerer: reg, Log: d.log})
+	})
+	return func() {
+		health.Close()
+		if err := ct.Close(); err != nil {
+			d.log.Warn("close conntrack", zap.Error(err))
+		}
+	}, nil
+}
+
+// nodePortAddresses lists the node's addresses inside proxy.nodePortAddresses; with none
+// configured it returns nil, which means every local address, as in kube-proxy.
+func (d *daemon) nodePortAddresses(nl *netlink.Handle) ([]netip.Addr, error) {
+	if len(d.cfg.Proxy.NodePortAddresses) == 0 {
+		return nil, nil
+	}
+	addrs, err := nl.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list node addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		for _, p := range d.cfg.Proxy.NodePortAddresses {
+			if p.Contains(ip) && !slices.Contains(out, ip) {
+				out = append(out, ip)
+			}
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
+}
