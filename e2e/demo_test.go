@@ -42,6 +42,8 @@ func TestDemoUpDown(t *testing.T) {
 		"ok   ping default-test → default-nginx",
 		"ok   curl http://",
 		"nginx-svc",
+		"(NodePort of default/nginx-svc on node2) from outside the cluster",
+		"map service-ips-v4",
 		"sudo make demo-down",
 	} {
 		if !strings.Contains(out, want) {

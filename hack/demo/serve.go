@@ -139,7 +139,7 @@ func show(ctx context.Context, l *lab.Lab, dir, clusterBin string, c *checks) er
 	for _, target := range []string{"default-nginx", "test-nginx"} {
 		addr := pods[target].IPs[0].Addr().String()
 		c.report(fmt.Sprintf("ping default-test → %s (%s)", target, addr), test.NS.Ping(addr))
-		body, err := httpGet(ctx, test, addr)
+		body, err := httpGet(ctx, test.NS, addr)
 		c.report(fmt.Sprintf("curl http://%s/ from default-test → %q", addr, body), err)
 	}
 	if out, err := nodes[0].NS.Run("ip", "route", "show", "proto", "0x4e"); err == nil {
@@ -157,9 +157,68 @@ func show(ctx context.Context, l *lab.Lab, dir, clusterBin string, c *checks) er
 	if out, err := cp.Kubectl("get", "endpointslices", "-A"); err == nil {
 		fmt.Print("\n", out)
 	}
-	fmt.Println("\nService load balancing (ClusterIP, NodePort) and cluster DNS are the next nodenet releases;")
-	fmt.Println("this demo shows their rules and lookups as they land.")
+	showServiceRules(nodes[0])
+
+	section("Reaching the Services (load-balanced by nodenet in nftables; no kube-proxy runs)")
+	for _, svc := range []struct{ ns, name string }{{"default", "default-svc"}, {"test", "test-svc"}, {"default", "nginx-svc"}} {
+		s, err := cp.Client.CoreV1().Services(svc.ns).Get(ctx, svc.name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		addr := net.JoinHostPort(s.Spec.ClusterIP, "80")
+		body, err := retryGet(ctx, test.NS, addr)
+		c.report(fmt.Sprintf("curl http://%s/ (ClusterIP of %s/%s) from pod default-test → %q", addr, svc.ns, svc.name, body), err)
+	}
+	for _, n := range nodes {
+		addr := net.JoinHostPort(n.Address, "30080")
+		body, err := retryGet(ctx, cp.NS, addr)
+		c.report(fmt.Sprintf("curl http://%s/ (NodePort of default/nginx-svc on %s) from outside the cluster → %q", addr, n.Name, body), err)
+	}
+	fmt.Println("\nCluster DNS is the next nodenet release; this demo shows its lookups as it lands.")
 	return nil
+}
+
+// showServiceRules prints the verdict maps that send each Service address to its chain, and the
+// chains of nginx-svc, as nft lists them on the node.
+func showServiceRules(n *lab.Node) {
+	out, err := n.NS.Run("nft", "list", "table", "inet", "nodenet")
+	if err != nil {
+		return
+	}
+	fmt.Printf("\nnodenet's Service rules on %s (nft list table inet nodenet, excerpt):\n", n.Name)
+	var block []string
+	keep := false
+	for _, line := range strings.Split(out, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(trimmed, "map ") || strings.HasPrefix(trimmed, "chain ") {
+			block, keep = nil, strings.HasPrefix(trimmed, "map service-ips-v4") ||
+				strings.HasPrefix(trimmed, "map service-nodeports-v4") || strings.Contains(trimmed, "default/nginx-svc/")
+		}
+		block = append(block, line)
+		if trimmed == "}" && len(block) > 1 {
+			if keep {
+				fmt.Println(strings.Join(block, "\n"))
+			}
+			block, keep = nil, false
+		}
+	}
+}
+
+// retryGet fetches http://addr/ from inside ns, allowing the Service's rules a few seconds to
+// reach the node after its EndpointSlice appeared.
+func retryGet(ctx context.Context, from netDialer, addr string) (string, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		body, err := httpGet(ctx, from, addr)
+		if err == nil || time.Now().After(deadline) {
+			return body, err
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // waitForSlices gives the endpointslice controller up to ten seconds to publish the Services'
@@ -214,9 +273,14 @@ func serveHTTP(p *lab.Pod) error {
 	return nil
 }
 
-func httpGet(ctx context.Context, from *lab.Pod, addr string) (string, error) {
+// netDialer is a namespace to dial from: a pod's or the control plane's.
+type netDialer interface {
+	Dial(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+func httpGet(ctx context.Context, from netDialer, addr string) (string, error) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) { return from.NS.Dial(ctx, network, a) },
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) { return from.Dial(ctx, network, a) },
 	}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
 	if err != nil {
