@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
@@ -72,9 +73,10 @@ func largeBuffers(c *netlink.Conn) error {
 	return cmp.Or(err, serr)
 }
 
-// Apply makes the proxy's part of the table equal to m, whatever is there
-// now: a full sync. Objects already as m wants them are left alone, so
-// applying the same model twice sends nothing the second time.
+// Apply makes the proxy's part of table m.Table equal to m, whatever is
+// there now: a full sync of one table. Objects already as m wants them are
+// left alone, so applying the same model twice sends nothing the second
+// time.
 func (a *Applier) Apply(m Model) error {
 	if m.Table == "" {
 		return errors.New("apply: model without table")
@@ -83,30 +85,57 @@ func (a *Applier) Apply(m Model) error {
 	if err != nil {
 		return err
 	}
-	_, err = a.apply(m.Table, planDiff(have, desiredOf(m)))
+	_, err = a.apply([]*Plan{planDiff(m.Table, have, desiredOf(m))})
 	return err
 }
 
-// apply sends p. A plan that only adds (a cold start) and is larger than
-// one batch is split: chains first, then their rules, then the map
-// elements that make them reachable, so that each batch refers only to
-// objects that exist. Anything else goes in one batch, atomically.
-// It returns the number of batches sent.
-func (a *Applier) apply(table string, p *Plan) (int, error) {
-	if p.Empty() {
+// apply sends the plans, one per table, in one batch when they are small:
+// the kernel then moves every table at once or none. A larger set of plans
+// (a cold start) goes table by table, each split by applyLarge. It returns
+// the number of batches sent.
+func (a *Applier) apply(plans []*Plan) (int, error) {
+	var todo []*Plan
+	total, recreates := 0, false
+	for _, p := range plans {
+		if p.Empty() {
+			continue
+		}
+		todo = append(todo, p)
+		total += p.Ops()
+		recreates = recreates || len(p.delMaps) > 0 || len(p.delSets) > 0
+	}
+	if len(todo) == 0 {
 		return 0, nil
 	}
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: table}
-	if p.Ops() <= a.batchOps || len(p.delMaps) > 0 || len(p.delSets) > 0 {
-		return 1, a.send(t, p)
+	if total <= a.batchOps || recreates {
+		return 1, a.send(todo...)
+	}
+	sent := 0
+	for _, p := range todo {
+		n, err := a.applyLarge(p)
+		sent += n
+		if err != nil {
+			return sent, fmt.Errorf("table %s: %w", p.table, err)
+		}
+	}
+	return sent, nil
+}
+
+// applyLarge splits a plan that only adds (a cold start) and is larger
+// than one batch: chains first, then their rules, then the map elements
+// that make them reachable, so that each batch refers only to objects that
+// exist. Removals and rewrites go in one last batch, atomically.
+func (a *Applier) applyLarge(p *Plan) (int, error) {
+	if p.Ops() <= a.batchOps {
+		return 1, a.send(p)
 	}
 	var batches []*Plan
-	cur := &Plan{}
+	cur := &Plan{table: p.table}
 	size := 0
 	next := func(n int) {
 		if size+n > a.batchOps && size > 0 {
 			batches = append(batches, cur)
-			cur, size = &Plan{}, 0
+			cur, size = &Plan{table: p.table}, 0
 		}
 		size += n
 	}
@@ -143,34 +172,56 @@ func (a *Applier) apply(table string, p *Plan) (int, error) {
 		next(1)
 		cur.addElems = append(cur.addElems, e)
 	}
-	batches = append(batches, cur)
-	// Removals and rewrites of what exists: one last batch, atomic.
-	batches = append(batches, &Plan{
+	batches = append(batches, cur, &Plan{table: p.table,
 		delElems: p.delElems, delSetEls: p.delSetEls, flush: p.flush, fill: rewrite,
 		addElems: replace, addSetEls: p.addSetEls, delChains: p.delChains,
 	})
+	sent := 0
 	for i, b := range batches {
 		if b.Empty() {
 			continue
 		}
-		if err := a.send(t, b); err != nil {
-			return i, fmt.Errorf("batch %d of %d: %w", i+1, len(batches), err)
+		if err := a.send(b); err != nil {
+			return sent, fmt.Errorf("batch %d of %d: %w", i+1, len(batches), err)
 		}
+		sent++
 	}
-	return len(batches), nil
+	return sent, nil
 }
 
-// send queues p on a fresh connection and flushes it as one batch.
-func (a *Applier) send(t *nftables.Table, p *Plan) error {
+// dropTables deletes whole tables, in one batch.
+func (a *Applier) dropTables(names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
 	c, err := a.newConn()
 	if err != nil {
 		return err
 	}
-	if err := queue(c, t, p); err != nil {
-		return err // the half-queued batch goes with c, unsent
+	for _, n := range names {
+		c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: n})
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("write table %s: %w", t.Name, err)
+		return fmt.Errorf("delete tables %v: %w", names, err)
+	}
+	return nil
+}
+
+// send queues plans on a fresh connection and flushes them as one batch.
+func (a *Applier) send(plans ...*Plan) error {
+	c, err := a.newConn()
+	if err != nil {
+		return err
+	}
+	var tables []string
+	for _, p := range plans {
+		tables = append(tables, p.table)
+		if err := queue(c, &nftables.Table{Family: nftables.TableFamilyINet, Name: p.table}, p); err != nil {
+			return err // the half-queued batch goes with c, unsent
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("write tables %s: %w", strings.Join(tables, ", "), err)
 	}
 	return nil
 }
@@ -181,13 +232,13 @@ func (a *Applier) send(t *nftables.Table, p *Plan) error {
 func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
 	for _, names := range [][]string{p.flush, p.delChains, p.delSets, p.delMaps} {
 		for _, n := range names {
-			if !ownedName(n) {
+			if !ownedIn(t.Name, n) {
 				return fmt.Errorf("%s is not the proxy's", n)
 			}
 		}
 	}
 	for _, ch := range p.addChains {
-		if !ownedName(ch.Name) {
+		if !ownedIn(t.Name, ch.Name) {
 			return fmt.Errorf("chain %s is not the proxy's", ch.Name)
 		}
 	}

@@ -272,7 +272,7 @@ func shortHash(parts ...string) string {
 }
 
 type portNames struct {
-	cluster, local, external, firewall string
+	cluster, local, external, firewall, noLocal string
 }
 
 func namesFor(svc Service, p ServicePort, f Family) portNames {
@@ -283,6 +283,7 @@ func namesFor(svc Service, p ServicePort, f Family) portNames {
 		local:    "local-" + h + "-" + id,
 		external: "external-" + h + "-" + id,
 		firewall: "firewall-" + h + "-" + id,
+		noLocal:  "no-local-" + h + "-" + id,
 	}
 }
 
@@ -310,6 +311,11 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	hasEndpoints := len(cluster) > 0 || len(local) > 0
 	usesCluster := len(cluster) > 0 && (!svc.InternalLocal || (hasExternal && !svc.ExternalLocal))
 	usesLocal := len(local) > 0 && (svc.InternalLocal || (hasExternal && svc.ExternalLocal))
+	// externalTrafficPolicy: Local without a local endpoint: traffic from
+	// pods and from the node itself to the external destinations is not
+	// external and goes to every endpoint (kube-proxy's short-circuit);
+	// only traffic from elsewhere is dropped.
+	shortCircuit := hasExternal && svc.ExternalLocal && len(externalEPs) == 0 && usesCluster
 	port := uint16(p.Port)
 
 	noEP := Action{Kind: ActDrop} // endpoints exist, just none that fit the policy
@@ -330,12 +336,15 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 
 	// External destinations: external IPs, load-balancer IPs, NodePort.
 	external := func(mapName string, key MapKey) {
-		if len(externalEPs) > 0 {
+		if len(externalEPs) > 0 || shortCircuit {
 			b.addElem(mapName, MapElement{Key: key, Verdict: Action{Kind: ActGoto, Chain: n.external}, Comment: comment})
 		}
 	}
 	noExternal := func(mapName string, key MapKey) {
-		if len(externalEPs) == 0 {
+		switch {
+		case shortCircuit:
+			b.addElem(mapName, MapElement{Key: key, Verdict: Action{Kind: ActGoto, Chain: n.noLocal}, Comment: comment})
+		case len(externalEPs) == 0:
 			b.addElem(mapName, MapElement{Key: key, Verdict: noEP, Comment: comment})
 		}
 	}
@@ -454,7 +463,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	if usesLocal {
 		b.addChain(Chain{Name: n.local, Rules: pick(localBEs)})
 	}
-	if hasExternal && len(externalEPs) > 0 {
+	if hasExternal && (len(externalEPs) > 0 || shortCircuit) {
 		var rules []Rule
 		if !svc.ExternalLocal {
 			rules = []Rule{
@@ -478,9 +487,24 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 					Rule{Matches: []Match{{Field: FieldFibSaddrLoc}}, Action: Action{Kind: ActGoto, Chain: n.cluster}, Comment: "node source"},
 				)
 			}
-			rules = append(rules, Rule{Action: Action{Kind: ActGoto, Chain: n.local}})
+			if usesLocal {
+				rules = append(rules, Rule{Action: Action{Kind: ActGoto, Chain: n.local}})
+			}
 		}
 		b.addChain(Chain{Name: n.external, Rules: rules})
+	}
+	if shortCircuit {
+		// Runs before DNAT, from the no-endpoint maps: lets pod and node
+		// sources on to the external chain above, drops the rest.
+		var rules []Rule
+		if cidrs := prefixesOf(b.facts.ClusterCIDRs, f); len(cidrs) > 0 {
+			rules = append(rules, Rule{Matches: []Match{{Field: FieldSaddr, Family: f, Prefixes: cidrs}}, Action: Action{Kind: ActReturn}, Comment: "pod source"})
+		}
+		rules = append(rules,
+			Rule{Matches: []Match{{Field: FieldFibSaddrLoc}}, Action: Action{Kind: ActReturn}, Comment: "node source"},
+			Rule{Action: Action{Kind: ActDrop}},
+		)
+		b.addChain(Chain{Name: n.noLocal, Rules: rules})
 	}
 }
 

@@ -56,7 +56,7 @@ func (a *Applier) readKernel(table string) (Digest, error) {
 		return d, fmt.Errorf("list nft chains: %w", err)
 	}
 	for _, ch := range chains {
-		if ch.Table.Name == table && ownedName(ch.Name) {
+		if ch.Table.Name == table && ownedIn(table, ch.Name) {
 			d.Chains[ch.Name] = ChainDigest{Hook: kernelHook(ch)}
 		}
 	}
@@ -75,7 +75,7 @@ func (a *Applier) readKernel(table string) (Digest, error) {
 		return d, fmt.Errorf("list sets of table %s: %w", table, err)
 	}
 	for _, s := range sets {
-		if s.Anonymous || !ownedName(s.Name) {
+		if s.Anonymous || !ownedIn(table, s.Name) {
 			continue
 		}
 		s.Table = t
@@ -298,6 +298,59 @@ func (a *Applier) dumpRulesOnce(table string) ([]dumpedRule, error) {
 			return nil, fmt.Errorf("decode rule: %w", err)
 		}
 		out = append(out, r)
+	}
+	return out, nil
+}
+
+// generation returns the nftables ruleset generation of the namespace,
+// which every committed batch, by anyone, moves on.
+func (a *Applier) generation() (uint32, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: a.netnsFD})
+	if err != nil {
+		return 0, fmt.Errorf("dial nfnetlink: %w", err)
+	}
+	defer c.Close()
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read nftables generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+	}
+	return 0, errors.New("read nftables generation: no generation in the answer")
+}
+
+// staleShards lists shard tables the current layout does not use (left
+// by a build with more shards).
+func (a *Applier) staleShards() ([]string, error) {
+	conn, err := a.newConn()
+	if err != nil {
+		return nil, err
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list nft tables: %w", err)
+	}
+	var out []string
+	for _, t := range tables {
+		if i, ok := shardIndex(t.Name); ok && i >= serviceShards {
+			out = append(out, t.Name)
+		}
 	}
 	return out, nil
 }

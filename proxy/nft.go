@@ -572,7 +572,7 @@ func ownedName(name string) bool {
 			return true
 		}
 	}
-	for _, p := range []string{"service-", "local-", "external-", "firewall-", "endpoint-", "affinity-"} {
+	for _, p := range []string{"service-", "local-", "external-", "firewall-", "no-local-", "endpoint-", "affinity-"} {
 		rest, ok := strings.CutPrefix(name, p)
 		if !ok || len(rest) < 10 || rest[8] != '-' {
 			continue

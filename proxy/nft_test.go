@@ -18,7 +18,7 @@ func queueModel(m Model) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := planDiff(newDigest(), desiredOf(m))
+	p := planDiff(m.Table, newDigest(), desiredOf(m))
 	return p, queue(c, &nftables.Table{Family: nftables.TableFamilyINet, Name: m.Table}, p)
 }
 

@@ -32,6 +32,7 @@ func desiredOf(m Model) desired {
 // objects are created before anything refers to them and deleted after
 // the last reference is gone.
 type Plan struct {
+	table     string
 	addMaps   []VerdictMap
 	addSets   []Set // new sets, and sets re-created with another definition
 	addChains []Chain
@@ -69,10 +70,10 @@ func (p *Plan) Ops() int {
 // Empty reports whether the plan changes nothing.
 func (p *Plan) Empty() bool { return p.Ops() == 0 }
 
-// planDiff compares have, the digest of a scope, with want, the same
-// scope as it should be.
-func planDiff(have Digest, want desired) *Plan {
-	p := &Plan{delSetEls: map[string][]string{}, addSetEls: map[string][]string{}}
+// planDiff compares have, the digest of a scope of table, with want, the
+// same scope as it should be.
+func planDiff(table string, have Digest, want desired) *Plan {
+	p := &Plan{table: table, delSetEls: map[string][]string{}, addSetEls: map[string][]string{}}
 
 	wantMaps := map[string]bool{}
 	for _, vm := range want.maps {

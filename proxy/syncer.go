@@ -18,17 +18,18 @@ type ServiceInput struct {
 
 // SyncResult says what a sync did.
 type SyncResult struct {
-	Full     bool // the whole table was compared with the kernel
+	Full     bool // the tables were compared with the kernel
 	Ops      int  // objects sent (Plan.Ops)
 	Batches  int  // netlink batches sent
 	Services int  // Services rebuilt
 }
 
-// Syncer keeps the proxy's part of the table equal to its inputs. It
-// remembers the digest of what it wrote (the ledger), so a change to one
-// Service rebuilds and diffs that Service alone and sends only what
-// differs; an unchanged world sends nothing. It compares with the kernel
-// itself when it starts, after any failure and on CheckDrift.
+// Syncer keeps the proxy's tables (see layout.go) equal to its inputs. It
+// remembers the digest of what it wrote per table (the ledger), so a change
+// to one Service rebuilds and diffs that Service alone and sends only what
+// differs, into its shard; an unchanged world sends nothing. It compares
+// with the kernel itself when it starts, after any failure and when
+// CheckDrift finds that someone else wrote to nftables.
 //
 // A Syncer is not safe for concurrent use; the proxy's one goroutine owns it.
 type Syncer struct {
@@ -38,13 +39,15 @@ type Syncer struct {
 	inputs map[ServiceKey]ServiceInput
 	// Below, the ledger: nil until a full sync succeeds, and again after
 	// any failure, which makes the next sync a full one.
-	ledger   *Digest
+	ledger   map[string]*Digest // by table
 	owned    map[ServiceKey]ownership
 	claims   map[elemKey][]claim
-	rejected map[ServiceKey]error // inputs the kernel cannot take, until they change
+	elemAt   map[elemKey]string // table holding each written element
+	lastGen  uint32             // nftables generation after our last write
+	rejected map[ServiceKey]error
 }
 
-// ownership is what one Service's fragment put into the ledger.
+// ownership is what one Service's fragment put into its shard's ledger.
 type ownership struct {
 	chains, sets []string
 	elems        []elemKey
@@ -118,23 +121,54 @@ func (s *Syncer) Sync(changed map[ServiceKey]*ServiceInput) (SyncResult, error) 
 	return s.partial(slices.SortedFunc(maps.Keys(changed), compareServiceKeys))
 }
 
-// CheckDrift reads the kernel and, if anything differs from the ledger
-// (someone flushed a chain, deleted an element, or a failure left the
-// ledger unknown), repairs it with a full sync.
-func (s *Syncer) CheckDrift() (SyncResult, bool, error) {
+// CheckDrift finds out whether the tables still hold what was written and
+// repairs them with a full sync if not. The nftables generation moves with
+// every write by anyone; while it stays where the last sync left it,
+// nothing changed and nothing is read. force reads the tables regardless
+// (the generation check cannot see a write that raced the Syncer's own).
+func (s *Syncer) CheckDrift(force bool) (SyncResult, bool, error) {
 	if s.ledger != nil {
-		have, err := s.app.readKernel(TableName)
+		gen, err := s.app.generation()
 		if err != nil {
 			return SyncResult{}, false, err
 		}
-		if sum := diffSummary(have, *s.ledger); sum == "" {
+		if gen == s.lastGen && !force {
 			return SyncResult{}, false, nil
-		} else {
-			s.log.Warn("ruleset drifted from what was written; repairing", zap.String("drift", sum))
 		}
+		drift, err := s.app.staleShards()
+		if err != nil {
+			return SyncResult{}, false, err
+		}
+		for _, table := range s.tables() {
+			have, err := s.app.readKernel(table)
+			if err != nil {
+				return SyncResult{}, false, err
+			}
+			want := s.ledger[table]
+			if want == nil {
+				want = &Digest{}
+			}
+			if sum := diffSummary(have, *want); sum != "" {
+				drift = append(drift, table+": "+sum)
+			}
+		}
+		if len(drift) == 0 {
+			s.lastGen = gen
+			return SyncResult{}, false, nil
+		}
+		s.log.Warn("ruleset drifted from what was written; repairing", zap.Strings("drift", drift))
 	}
 	res, err := s.full()
 	return res, true, err
+}
+
+// tables lists the tables the proxy writes.
+func (s *Syncer) tables() []string {
+	out := []string{TableName}
+	for i := range serviceShards {
+		out = append(out, shardTable(i))
+	}
+	return out
 }
 
 func compareServiceKeys(a, b ServiceKey) int {
@@ -155,41 +189,102 @@ func (s *Syncer) fragments(keys []ServiceKey) map[ServiceKey]Fragment {
 	return out
 }
 
-// full compares the whole table with the kernel and sends the difference.
+// layout places the skeleton and the fragments (keys in order) into
+// their tables.
+func (s *Syncer) layout(keys []ServiceKey, frags map[ServiceKey]Fragment) map[string]Model {
+	main, shard := physicalSkeletons(s.facts)
+	models := map[string]Model{TableName: main}
+	perShard := make([][]Fragment, serviceShards)
+	for _, k := range keys {
+		i := shardOf(k)
+		perShard[i] = append(perShard[i], frags[k])
+	}
+	// Claims are settled across shards, as in Build: the first Service in
+	// key order gets a contested key, whatever its shard.
+	taken := map[elemKey]bool{}
+	for i := range serviceShards {
+		models[shardTable(i)] = Model{Table: shardTable(i), Chains: slices.Clone(shard.Chains),
+			Sets: slices.Clone(shard.Sets), Maps: slices.Clone(shard.Maps)}
+	}
+	winners := map[string][]Fragment{}
+	for _, k := range keys {
+		fr := frags[k]
+		var won []Element
+		for _, e := range fr.Elements {
+			ek := elemKey{e.Map, e.Key}
+			if !taken[ek] {
+				taken[ek] = true
+				won = append(won, e)
+			}
+		}
+		t := shardTable(shardOf(k))
+		winners[t] = append(winners[t], Fragment{Chains: fr.Chains, Sets: fr.Sets, Elements: won})
+	}
+	for t, frs := range winners {
+		models[t] = assemble(models[t], frs)
+	}
+	return models
+}
+
+// full compares every table with the kernel and sends the differences.
 func (s *Syncer) full() (SyncResult, error) {
 	s.ledger = nil
 	keys := slices.SortedFunc(maps.Keys(s.inputs), compareServiceKeys)
 	frags := s.fragments(keys)
-	m := s.assemble(keys, frags)
-	have, err := s.app.readKernel(TableName)
+	models := s.layout(keys, frags)
+	res := SyncResult{Full: true, Services: len(keys)}
+	stale, err := s.app.staleShards()
 	if err != nil {
-		return SyncResult{Full: true}, err
+		return res, err
 	}
-	p := planDiff(have, desiredOf(m))
-	res := SyncResult{Full: true, Ops: p.Ops(), Services: len(keys)}
-	res.Batches, err = s.app.apply(TableName, p)
+	if err := s.app.dropTables(stale); err != nil {
+		return res, err
+	}
+	res.Ops += len(stale)
+	var plans []*Plan
+	for _, table := range s.tables() {
+		have, err := s.app.readKernel(table)
+		if err != nil {
+			return res, err
+		}
+		p := planDiff(table, have, desiredOf(models[table]))
+		res.Ops += p.Ops()
+		plans = append(plans, p)
+	}
+	res.Batches, err = s.app.apply(plans)
 	if err != nil {
 		if s.rejectBroken(keys, frags) {
 			return s.full()
 		}
 		return res, err
 	}
-	d := digestOf(m)
-	s.ledger = &d
+	s.ledger = map[string]*Digest{}
+	s.elemAt = map[elemKey]string{}
+	for t, m := range models {
+		d := digestOf(m)
+		s.ledger[t] = &d
+		for ek := range d.Elems {
+			s.elemAt[ek] = t
+		}
+	}
 	s.owned = map[ServiceKey]ownership{}
 	s.claims = map[elemKey][]claim{}
 	for _, k := range keys {
 		s.own(k, frags[k])
 	}
+	s.recordGeneration()
 	return res, nil
 }
 
-func (s *Syncer) assemble(keys []ServiceKey, frags map[ServiceKey]Fragment) Model {
-	ordered := make([]Fragment, 0, len(keys))
-	for _, k := range keys {
-		ordered = append(ordered, frags[k])
+// recordGeneration remembers the nftables generation after a write, for
+// CheckDrift; if it cannot be read, the next check reads the tables.
+func (s *Syncer) recordGeneration() {
+	gen, err := s.app.generation()
+	if err != nil {
+		s.log.Debug("read nftables generation", zap.Error(err))
+		gen = 0
 	}
-	return assemble(Skeleton(s.facts), ordered)
+	s.lastGen = gen
 }
 
 // own records a fragment in the ownership index and its claims.
@@ -230,43 +325,61 @@ func (s *Syncer) disown(k ServiceKey) ownership {
 	return o
 }
 
-// partial rebuilds the given Services only and sends their difference.
+// partial rebuilds the given Services only and sends their difference:
+// their chains and sets in their shards, and every map key they claimed
+// or claim, wherever its winner lives.
 func (s *Syncer) partial(keys []ServiceKey) (SyncResult, error) {
 	frags := s.fragments(keys)
-	have := newDigest()
-	want := desired{elems: map[elemKey]MapElement{}}
+	have := map[string]*Digest{}
+	want := map[string]*desired{}
+	scope := func(t string) (*Digest, *desired) {
+		if have[t] == nil {
+			d := newDigest()
+			have[t], want[t] = &d, &desired{elems: map[elemKey]MapElement{}}
+		}
+		return have[t], want[t]
+	}
 	touched := map[elemKey]bool{}
 	for _, k := range keys {
+		t := shardTable(shardOf(k))
+		h, w := scope(t)
 		old := s.disown(k)
 		for _, n := range old.chains {
-			have.Chains[n] = s.ledger.Chains[n]
+			h.Chains[n] = s.ledger[t].Chains[n]
 		}
 		for _, n := range old.sets {
-			have.Sets[n] = s.ledger.Sets[n]
+			h.Sets[n] = s.ledger[t].Sets[n]
 		}
 		for _, ek := range old.elems {
 			touched[ek] = true
 		}
 		fr := frags[k]
-		want.chains = append(want.chains, fr.Chains...)
-		want.sets = append(want.sets, fr.Sets...)
+		w.chains = append(w.chains, fr.Chains...)
+		w.sets = append(w.sets, fr.Sets...)
 		for _, e := range fr.Elements {
 			touched[elemKey{e.Map, e.Key}] = true
 		}
 		s.own(k, fr)
 	}
 	for ek := range touched {
-		if v, ok := s.ledger.Elems[ek]; ok {
-			have.Elems[ek] = v
+		if t, ok := s.elemAt[ek]; ok {
+			h, _ := scope(t)
+			h.Elems[ek] = s.ledger[t].Elems[ek]
 		}
 		if cl := s.claims[ek]; len(cl) > 0 {
-			want.elems[ek] = cl[0].elem
+			_, w := scope(shardTable(shardOf(cl[0].svc)))
+			w.elems[ek] = cl[0].elem
 		}
 	}
-	p := planDiff(have, want)
-	res := SyncResult{Ops: p.Ops(), Services: len(keys)}
+	res := SyncResult{Services: len(keys)}
+	var plans []*Plan
+	for _, t := range slices.Sorted(maps.Keys(have)) {
+		p := planDiff(t, *have[t], *want[t])
+		res.Ops += p.Ops()
+		plans = append(plans, p)
+	}
 	var err error
-	res.Batches, err = s.app.apply(TableName, p)
+	res.Batches, err = s.app.apply(plans)
 	if err != nil {
 		s.ledger = nil
 		if s.rejectBroken(keys, frags) {
@@ -274,24 +387,34 @@ func (s *Syncer) partial(keys []ServiceKey) (SyncResult, error) {
 		}
 		return res, err
 	}
-	for n := range have.Chains {
-		delete(s.ledger.Chains, n)
-	}
-	for n := range have.Sets {
-		delete(s.ledger.Sets, n)
-	}
-	for _, c := range want.chains {
-		s.ledger.Chains[c.Name] = chainDigestOf(c)
-	}
-	for _, st := range want.sets {
-		s.ledger.Sets[st.Name] = setDigestOf(st)
-	}
-	for ek := range touched {
-		if e, ok := want.elems[ek]; ok {
-			s.ledger.Elems[ek] = e.Verdict.render()
-		} else {
-			delete(s.ledger.Elems, ek)
+	for t, h := range have {
+		l := s.ledger[t]
+		for n := range h.Chains {
+			delete(l.Chains, n)
 		}
+		for n := range h.Sets {
+			delete(l.Sets, n)
+		}
+		for n := range h.Elems {
+			delete(l.Elems, n)
+			delete(s.elemAt, n)
+		}
+	}
+	for t, w := range want {
+		l := s.ledger[t]
+		for _, c := range w.chains {
+			l.Chains[c.Name] = chainDigestOf(c)
+		}
+		for _, st := range w.sets {
+			l.Sets[st.Name] = setDigestOf(st)
+		}
+		for ek, e := range w.elems {
+			l.Elems[ek] = e.Verdict.render()
+			s.elemAt[ek] = t
+		}
+	}
+	if res.Ops > 0 {
+		s.recordGeneration()
 	}
 	return res, nil
 }
@@ -322,7 +445,8 @@ func checkFragment(fr Fragment) error {
 	for _, e := range fr.Elements {
 		want.elems[elemKey{e.Map, e.Key}] = e.MapElement
 	}
-	if err := queue(c, &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}, planDiff(newDigest(), want)); err != nil {
+	table := shardTable(0)
+	if err := queue(c, &nftables.Table{Family: nftables.TableFamilyINet, Name: table}, planDiff(table, newDigest(), want)); err != nil {
 		return fmt.Errorf("translate: %w", err)
 	}
 	return nil

@@ -178,28 +178,35 @@ func show(ctx context.Context, l *lab.Lab, dir, clusterBin string, c *checks) er
 	return nil
 }
 
-// showServiceRules prints the verdict maps that send each Service address to its chain, and the
-// chains of nginx-svc, as nft lists them on the node.
+// showServiceRules prints, from every nodenet table on the node, the verdict maps that send the
+// Services' addresses to their chains, and the chains of nginx-svc.
 func showServiceRules(n *lab.Node) {
-	out, err := n.NS.Run("nft", "list", "table", "inet", "nodenet")
+	out, err := n.NS.Run("nft", "list", "ruleset")
 	if err != nil {
 		return
 	}
-	fmt.Printf("\nnodenet's Service rules on %s (nft list table inet nodenet, excerpt):\n", n.Name)
+	fmt.Printf("\nnodenet's Service rules on %s (from nft list ruleset: Services are spread over the shard\ntables nodenet-svc-NN; shown are their non-empty service maps and the chains of nginx-svc):\n", n.Name)
+	table := ""
 	var block []string
-	keep := false
 	for _, line := range strings.Split(out, "\n") {
 		trimmed := strings.TrimSpace(line)
-		if strings.HasPrefix(trimmed, "map ") || strings.HasPrefix(trimmed, "chain ") {
-			block, keep = nil, strings.HasPrefix(trimmed, "map service-ips-v4") ||
-				strings.HasPrefix(trimmed, "map service-nodeports-v4") || strings.Contains(trimmed, "default/nginx-svc/")
-		}
-		block = append(block, line)
-		if trimmed == "}" && len(block) > 1 {
-			if keep {
-				fmt.Println(strings.Join(block, "\n"))
+		switch {
+		case strings.HasPrefix(trimmed, "table "):
+			table = strings.TrimSuffix(trimmed, " {")
+		case strings.HasPrefix(trimmed, "map ") || strings.HasPrefix(trimmed, "chain "):
+			block = []string{line}
+		case block != nil:
+			block = append(block, line)
+			if trimmed != "}" {
+				continue
 			}
-			block, keep = nil, false
+			head := strings.TrimSpace(block[0])
+			serviceMap := (strings.HasPrefix(head, "map service-ips-v4") || strings.HasPrefix(head, "map service-nodeports-v4")) &&
+				strings.Contains(strings.Join(block, "\n"), "elements")
+			if serviceMap || strings.Contains(head, "default/nginx-svc/") {
+				fmt.Printf("\t# %s\n%s\n", table, strings.Join(block, "\n"))
+			}
+			block = nil
 		}
 	}
 }

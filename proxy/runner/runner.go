@@ -43,6 +43,10 @@ type Config struct {
 	Log           *zap.Logger
 }
 
+// forceReadEvery makes every so many drift checks read the tables even if
+// the nftables generation says nobody wrote since the last sync.
+const forceReadEvery = 10
+
 // Backoff bounds for retrying a failed sync; each retry is a full sync.
 const (
 	minBackoff = time.Second
@@ -73,6 +77,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer drift.Stop()
 	var retry <-chan time.Time
 	backoff := minBackoff
+	checks := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -81,8 +86,9 @@ func Run(ctx context.Context, cfg Config) error {
 		case <-retry:
 		case <-drift.C:
 			if r.synced {
+				checks++
 				r.refreshFacts()
-				r.checkDrift()
+				r.checkDrift(checks%forceReadEvery == 0)
 			}
 			continue
 		}
@@ -188,9 +194,9 @@ func (r *runner) input(k hub.ServiceKey) (*proxy.ServiceInput, error) {
 	return &in, nil
 }
 
-func (r *runner) checkDrift() {
+func (r *runner) checkDrift(force bool) {
 	start := time.Now()
-	res, repaired, err := r.Syncer.CheckDrift()
+	res, repaired, err := r.Syncer.CheckDrift(force)
 	if repaired {
 		r.m.duration.WithLabelValues("full").Observe(time.Since(start).Seconds())
 		r.m.objects.WithLabelValues("full").Add(float64(res.Ops))

@@ -166,7 +166,7 @@ func TestRunnerFollowsChanges(t *testing.T) {
 	ct.mu.Unlock()
 	var out []byte
 	if err := node.Do(func(ns.NetNS) (err error) {
-		out, err = exec.Command("nft", "list", "table", "inet", proxy.TableName).CombinedOutput()
+		out, err = exec.Command("nft", "list", "ruleset").CombinedOutput()
 		return err
 	}); err != nil {
 		t.Fatalf("nft list: %v: %s", err, out)
