@@ -154,7 +154,8 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 		return fmt.Errorf("set up bridge %s: %w", d.cfg.CNI.Bridge, err)
 	}
 	socket := filepath.Join(d.cfg.RunDir, "cni.sock")
-	srv, err := cniexec.New(cniexec.Config{Socket: socket, Bridge: bridge, NetworkName: "nodenet"},
+	hostPorts := routing.NewHostPorts(routing.HostPortsConfig{NetnsFD: int(nodeNS)}, d.log)
+	srv, err := cniexec.New(cniexec.Config{Socket: socket, Bridge: bridge, NetworkName: "nodenet", HostPorts: hostPorts},
 		alloc, local, cniexec.NewMetrics(reg), d.log)
 	if err != nil {
 		return err
@@ -184,6 +185,9 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 		case <-ticker.C:
 			if _, err := local.Ensure(); err != nil {
 				d.log.Error("re-ensure node network", zap.Error(err))
+			}
+			if err := hostPorts.Ensure(); err != nil {
+				d.log.Error("re-ensure hostPort mappings", zap.Error(err))
 			}
 		}
 	}

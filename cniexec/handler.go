@@ -23,8 +23,9 @@ import (
 // injects (prevResult, runtimeConfig, cni.dev/valid-attachments).
 type netConf struct {
 	types.PluginConf
-	Socket  string `json:"socket,omitempty"`
-	LogFile string `json:"logFile,omitempty"`
+	Socket        string             `json:"socket,omitempty"`
+	LogFile       string             `json:"logFile,omitempty"`
+	RuntimeConfig wire.RuntimeConfig `json:"runtimeConfig"`
 }
 
 // handle runs one command. netns is the pod's network namespace as the shim opened it, or nil
@@ -88,20 +89,29 @@ func (s *Server) add(req wire.Request, netns *os.File, conf *netConf, log *zap.L
 			fmt.Sprintf("allocated for %s, asked for %s; DEL it first", alloc.Netns, req.Netns))
 	}
 	pod := s.podNetwork(req.ContainerID, req.IfName, nsPath, alloc.IPs)
-	ifaces, err := s.pods.AttachPod(pod)
-	if err != nil {
-		// Nothing of a failed ADD may stay behind: the runtime will not DEL a pod it never got.
-		var undo []error
-		if !existed {
-			undo = append(undo, s.pods.DetachPod(pod.HostVeth))
-			if _, _, rerr := s.ipam.Release(req.ContainerID, req.IfName); rerr != nil {
-				undo = append(undo, rerr)
-			}
+	// Nothing of a failed ADD may stay behind: the runtime will not DEL a pod it never got.
+	undo := func() {
+		if existed {
+			return
 		}
-		if uerr := errors.Join(undo...); uerr != nil {
+		var errs []error
+		errs = append(errs, s.pods.DetachPod(pod.HostVeth))
+		if _, _, rerr := s.ipam.Release(req.ContainerID, req.IfName); rerr != nil {
+			errs = append(errs, rerr)
+		}
+		if uerr := errors.Join(errs...); uerr != nil {
 			log.Error("undo failed ADD", zap.Error(uerr))
 		}
+	}
+	ifaces, err := s.pods.AttachPod(pod)
+	if err != nil {
+		undo()
 		return errResponse(conf.CNIVersion, wire.CodeInternal, "attach pod interface", err.Error())
+	}
+	// The mappings come last: a failed Map changes nothing, so undoing the attachment is all.
+	if resp := s.mapPorts(req, alloc.IPs, conf); resp != nil {
+		undo()
+		return *resp
 	}
 	result := s.result(ifaces, req.Netns, alloc.IPs)
 	out, err := versioned(result, conf.CNIVersion)
@@ -123,9 +133,15 @@ func (s *Server) del(req wire.Request, conf *netConf, log *zap.Logger) wire.Resp
 	return wire.Response{}
 }
 
-// release removes the veth, then the allocation: in that order a crash in between leaves an
-// allocation without a veth, which reconciliation releases, never a veth with a reusable address.
+// release removes the hostPort mappings, the veth, then the allocation: in that order a crash in
+// between leaves an allocation without a veth, which reconciliation releases, never a veth with a
+// reusable address, nor a mapping to an address another pod may get.
 func (s *Server) release(containerID, ifName string) error {
+	if s.cfg.HostPorts != nil {
+		if err := s.cfg.HostPorts.Unmap(routing.Attachment{ContainerID: containerID, IfName: ifName}); err != nil {
+			return fmt.Errorf("remove hostPort mappings: %w", err)
+		}
+	}
 	if err := s.pods.DetachPod(routing.HostVethName(containerID, ifName)); err != nil {
 		return err
 	}
@@ -152,7 +168,68 @@ func (s *Server) check(req wire.Request, netns *os.File, conf *netConf) wire.Res
 	if err := s.pods.CheckPod(s.podNetwork(req.ContainerID, req.IfName, nsPath, alloc.IPs)); err != nil {
 		return errResponse(conf.CNIVersion, wire.CodeInternal, "pod network is broken", err.Error())
 	}
+	if s.cfg.HostPorts == nil {
+		return wire.Response{}
+	}
+	att := routing.Attachment{ContainerID: req.ContainerID, IfName: req.IfName}
+	if err := s.cfg.HostPorts.Check(att, addrsOf(alloc.IPs), portMappings(conf)); err != nil {
+		var invalid *routing.InvalidPortMappingError
+		if errors.As(err, &invalid) {
+			return errResponse(conf.CNIVersion, wire.CodeInvalidConfig, "invalid port mapping", err.Error())
+		}
+		return errResponse(conf.CNIVersion, wire.CodeInternal, "hostPort mappings are not in place", err.Error())
+	}
 	return wire.Response{}
+}
+
+// mapPorts programs the hostPort mappings of runtimeConfig.portMappings; an ADD without any
+// removes those a previous ADD of the same interface made. It returns the CNI error, or nil.
+func (s *Server) mapPorts(req wire.Request, ips []netip.Prefix, conf *netConf) *wire.Response {
+	mappings := portMappings(conf)
+	if s.cfg.HostPorts == nil {
+		if len(mappings) == 0 {
+			return nil
+		}
+		r := errResponse(conf.CNIVersion, wire.CodeInvalidConfig, "hostPort mappings are not supported", "this daemon has no hostPort support")
+		return &r
+	}
+	att := routing.Attachment{ContainerID: req.ContainerID, IfName: req.IfName}
+	err := s.cfg.HostPorts.Map(att, addrsOf(ips), mappings)
+	if err == nil {
+		return nil
+	}
+	var (
+		invalid  *routing.InvalidPortMappingError
+		conflict *routing.PortConflictError
+		r        wire.Response
+	)
+	switch {
+	case errors.As(err, &invalid):
+		r = errResponse(conf.CNIVersion, wire.CodeInvalidConfig, "invalid port mapping", err.Error())
+	case errors.As(err, &conflict):
+		// Usually the scheduler keeps two pods with one hostPort off a node; when it happens, the
+		// other pod is most often on its way out, so the runtime's retry may succeed.
+		r = errResponse(conf.CNIVersion, wire.CodeTryAgainLater, "hostPort is taken by another pod", err.Error())
+	default:
+		r = errResponse(conf.CNIVersion, wire.CodeInternal, "program hostPort mappings", err.Error())
+	}
+	return &r
+}
+
+func portMappings(conf *netConf) []routing.PortMapping {
+	var out []routing.PortMapping
+	for _, m := range conf.RuntimeConfig.PortMappings {
+		out = append(out, routing.PortMapping{HostPort: m.HostPort, ContainerPort: m.ContainerPort, Protocol: m.Protocol, HostIP: m.HostIP})
+	}
+	return out
+}
+
+func addrsOf(ips []netip.Prefix) []netip.Addr {
+	out := make([]netip.Addr, len(ips))
+	for i, ip := range ips {
+		out[i] = ip.Addr()
+	}
+	return out
 }
 
 func (s *Server) status(conf *netConf) wire.Response {

@@ -50,6 +50,8 @@ func Conflist(networkName, socket, logFile string) ([]byte, error) {
 			"type":    ShimName,
 			"socket":  socket,
 			"logFile": logFile,
+			// Runtimes then pass a pod's hostPort mappings as runtimeConfig.portMappings.
+			"capabilities": map[string]bool{wire.CapabilityPortMappings: true},
 		}},
 	}
 	return json.MarshalIndent(list, "", "  ")

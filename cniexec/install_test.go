@@ -184,6 +184,9 @@ func TestConflist(t *testing.T) {
   "name": "nodenet",
   "plugins": [
     {
+      "capabilities": {
+        "portMappings": true
+      },
       "logFile": "/run/nodenet-b/cni.log",
       "socket": "/run/nodenet-b/cni.sock",
       "type": "nodenet-cni"
@@ -200,8 +203,9 @@ func TestConflist(t *testing.T) {
 		t.Fatalf("ConfListFromBytes: %v", err)
 	}
 	type plugin struct {
-		Type string
-		Conf wire.PluginConf
+		Type         string
+		Capabilities map[string]bool
+		Conf         wire.PluginConf
 	}
 	type parsed struct {
 		Name, CNIVersion string
@@ -214,13 +218,15 @@ func TestConflist(t *testing.T) {
 		if err := json.Unmarshal(p.Bytes, &conf); err != nil {
 			t.Fatalf("plugin bytes: %v", err)
 		}
-		got.Plugins = append(got.Plugins, plugin{Type: p.Network.Type, Conf: conf})
+		got.Plugins = append(got.Plugins, plugin{Type: p.Network.Type, Capabilities: p.Network.Capabilities, Conf: conf})
 	}
 	want := parsed{
 		Name:       "nodenet",
 		CNIVersion: "1.1.0",
 		Plugins: []plugin{{
 			Type: "nodenet-cni",
+			// The runtime passes runtimeConfig.portMappings to plugins that ask for them.
+			Capabilities: map[string]bool{"portMappings": true},
 			// The list's name and version are injected into each plugin's config only when libcni
 			// invokes it; what the file holds for the plugin is the shim's own keys.
 			Conf: wire.PluginConf{Type: "nodenet-cni", Socket: "/run/nodenet-b/cni.sock", LogFile: "/run/nodenet-b/cni.log"},

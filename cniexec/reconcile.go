@@ -3,6 +3,7 @@ package cniexec
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -12,9 +13,10 @@ import (
 )
 
 // Reconcile runs once at start, before the daemon reports ready. It adopts what a previous daemon
-// left (the bridge and veths stay, so running pods keep their traffic), releases allocations whose
-// network namespace is gone (a DEL that never reached us, or an ADD cut short by a crash after the
-// pod was removed) and removes veths that belong to no allocation.
+// left (the bridge, veths and hostPort mappings stay, so running pods keep their traffic),
+// releases allocations whose network namespace is gone (a DEL that never reached us, or an ADD cut
+// short by a crash after the pod was removed), and removes veths and hostPort mappings that belong
+// to no allocation.
 func (s *Server) Reconcile() error {
 	// The server already answers the shim while this runs (a runtime that still has the previous
 	// daemon's conflist sends ADDs at once), so every container lock is held, in index order, for
@@ -37,6 +39,16 @@ func (s *Server) Reconcile() error {
 		}
 		s.log.Info("released allocation whose netns is gone", zap.String("containerID", a.ContainerID),
 			zap.String("ifName", a.IfName), zap.String("netns", a.Netns), zap.Stringers("ips", a.IPs))
+	}
+	if s.cfg.HostPorts != nil {
+		live := map[routing.Attachment][]netip.Addr{}
+		for _, a := range s.ipam.List() {
+			live[routing.Attachment{ContainerID: a.ContainerID, IfName: a.IfName}] = addrsOf(a.IPs)
+		}
+		// Keeps the mappings of the pods that remain, removes the others.
+		if err := s.cfg.HostPorts.Adopt(live); err != nil {
+			errs = append(errs, fmt.Errorf("adopt hostPort mappings: %w", err))
+		}
 	}
 	veths, err := s.pods.PodVeths()
 	if err != nil {

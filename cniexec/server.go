@@ -44,9 +44,19 @@ type Plumber interface {
 	PodVeths() ([]string, error)
 }
 
+// PortMapper is the part of *routing.HostPorts the server uses: the pods' hostPort mappings (the
+// portMappings capability).
+type PortMapper interface {
+	Map(att routing.Attachment, podIPs []netip.Addr, mappings []routing.PortMapping) error
+	Unmap(att routing.Attachment) error
+	Check(att routing.Attachment, podIPs []netip.Addr, mappings []routing.PortMapping) error
+	Adopt(live map[routing.Attachment][]netip.Addr) error
+}
+
 var (
-	_ Allocator = (*ipam.Allocator)(nil)
-	_ Plumber   = (*routing.Local)(nil)
+	_ Allocator  = (*ipam.Allocator)(nil)
+	_ Plumber    = (*routing.Local)(nil)
+	_ PortMapper = (*routing.HostPorts)(nil)
 )
 
 // Config is what the server needs besides its dependencies.
@@ -57,6 +67,8 @@ type Config struct {
 	Bridge routing.Bridge
 	// NetworkName is the conflist's network name; requests for another network are refused.
 	NetworkName string
+	// HostPorts programs the pods' hostPort mappings. Without it an ADD that asks for any fails.
+	HostPorts PortMapper
 }
 
 // connTimeout bounds one shim exchange on the daemon side, so a stuck client cannot hold a

@@ -49,12 +49,19 @@ type testServer struct {
 	socket string
 	alloc  *fakeAllocator
 	pods   *fakePlumber
+	ports  *fakePorts // nil: the server has no hostPort support
 	reg    *prometheus.Registry
 }
 
 // startServer runs a server until the test ends; the cleanup waits for Run to return, so no
 // request is still being handled when goleak looks.
 func startServer(t *testing.T, cidr string) *testServer {
+	t.Helper()
+	return startServerPorts(t, cidr, true)
+}
+
+// startServerPorts is startServer, with hostPort support (a fakePorts) or without.
+func startServerPorts(t *testing.T, cidr string, hostPorts bool) *testServer {
 	t.Helper()
 	ts := &testServer{
 		// A directory that does not exist yet: New creates it.
@@ -63,8 +70,12 @@ func startServer(t *testing.T, cidr string) *testServer {
 		pods:   newFakePlumber(),
 		reg:    prometheus.NewRegistry(),
 	}
-	srv, err := cniexec.New(cniexec.Config{Socket: ts.socket, Bridge: testBridge, NetworkName: "nodenet"},
-		ts.alloc, ts.pods, cniexec.NewMetrics(ts.reg), zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)))
+	cfg := cniexec.Config{Socket: ts.socket, Bridge: testBridge, NetworkName: "nodenet"}
+	if hostPorts {
+		ts.ports = newFakePorts(ts.pods)
+		cfg.HostPorts = ts.ports
+	}
+	srv, err := cniexec.New(cfg, ts.alloc, ts.pods, cniexec.NewMetrics(ts.reg), zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -365,7 +365,9 @@ func TestForwardsToDaemon(t *testing.T) {
 				"CNI_IFNAME": "eth0", "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
 				"CNI_PATH": "/opt/cni/bin:/usr/lib/cni", "HOME": "/root",
 			},
-			stdinExtra: `,"runtimeConfig":{"portMappings":[]}`,
+			// The runtimeConfig libcni injects for the portMappings capability travels as part of
+			// the configuration, byte for byte: the daemon decodes it, the shim does not.
+			stdinExtra: `,"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"198.18.0.11"}]}`,
 			answer:     `{"result":` + result + "}\n",
 			wantCode:   0,
 			wantStdout: result + "\n",

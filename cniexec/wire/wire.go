@@ -62,6 +62,28 @@ func (e *Error) Error() string {
 	return e.Msg
 }
 
+// CapabilityPortMappings is the capability the conflist advertises so that runtimes pass a pod's
+// hostPort mappings as runtimeConfig.portMappings, as they do for the reference portmap plugin.
+const CapabilityPortMappings = "portMappings"
+
+// RuntimeConfig is the runtimeConfig object libcni injects into the network configuration for the
+// capabilities the plugin advertises. The shim forwards the configuration unchanged (Request.Config
+// holds all of stdin), so only the daemon decodes it; it is defined here because it is part of what
+// travels between the runtime, the shim and the daemon.
+type RuntimeConfig struct {
+	PortMappings []PortMapping `json:"portMappings,omitempty"`
+}
+
+// PortMapping is one entry of runtimeConfig.portMappings, in the runtimes' spelling (containerd,
+// CRI-O): protocol in lower case ("tcp", "udp", "sctp"; empty means tcp), hostIP empty for every
+// address of the node.
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol,omitempty"`
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
 // PluginConf holds the keys of nodenet's entry in the conflist that the shim itself reads.
 type PluginConf struct {
 	CNIVersion string `json:"cniVersion"`

@@ -43,6 +43,9 @@ type Pod struct {
 	IfName      string
 	IPs         []netip.Prefix
 	Result      *types100.Result
+	// CapabilityArgs are passed as a runtime passes them, e.g. "portMappings" for hostPorts;
+	// libcni hands those the conflist's plugins advertise to them as runtimeConfig.
+	CapabilityArgs map[string]any
 }
 
 // NewPod creates the pod's namespace; Runtime.Add networks it.
@@ -58,7 +61,8 @@ func (p *Pod) rt() *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: p.NS.Path(), IfName: p.IfName,
 		// As containerd and CRI-O send them: IgnoreUnknown lets plugins that do not know the
 		// K8S_* keys accept them.
-		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", p.Name}}}
+		Args:           [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", p.Name}},
+		CapabilityArgs: p.CapabilityArgs}
 }
 
 // Add runs ADD and records the pod's addresses.
