@@ -3,6 +3,7 @@ package hub
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -88,12 +89,20 @@ func indexByService(obj any) ([]string, error) {
 	return nil, nil
 }
 
-// stripService keeps what the proxy reads. Status conditions and managed fields would otherwise be
-// cached for every Service of the cluster on every node.
+// lastAppliedAnnotation is kubectl's copy of the whole object, often its largest part.
+const lastAppliedAnnotation = "kubectl.kubernetes.io/last-applied-configuration"
+
+// stripService keeps what the proxy reads. Status conditions, managed fields and kubectl's
+// last-applied copy would otherwise be cached for every Service of the cluster on every node.
 func stripService(obj any) (any, error) {
 	s, ok := obj.(*corev1.Service)
 	if !ok {
 		return obj, nil
+	}
+	annotations := s.Annotations
+	if _, ok := annotations[lastAppliedAnnotation]; ok {
+		annotations = maps.Clone(annotations)
+		delete(annotations, lastAppliedAnnotation)
 	}
 	return &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{
@@ -102,18 +111,27 @@ func stripService(obj any) (any, error) {
 			UID:             s.UID,
 			ResourceVersion: s.ResourceVersion,
 			Labels:          s.Labels,
-			Annotations:     s.Annotations,
+			Annotations:     annotations,
 		},
 		Spec:   s.Spec,
 		Status: corev1.ServiceStatus{LoadBalancer: s.Status.LoadBalancer},
 	}, nil
 }
 
+// stripEndpointSlice drops managed fields and each endpoint's reference to its pod and
+// deprecated topology: a node caches every slice of the cluster, and at 100,000 endpoints the
+// references alone are tens of megabytes nobody reads.
 func stripEndpointSlice(obj any) (any, error) {
-	if s, ok := obj.(*discoveryv1.EndpointSlice); ok {
-		s.ManagedFields = nil
+	s, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return obj, nil
 	}
-	return obj, nil
+	s.ManagedFields = nil
+	for i := range s.Endpoints {
+		s.Endpoints[i].TargetRef = nil
+		s.Endpoints[i].DeprecatedTopology = nil
+	}
+	return s, nil
 }
 
 // changeMarker turns informer events into marks of the Service they concern.

@@ -354,6 +354,10 @@ func elements(c *nftables.Conn, t *nftables.Table, dels []elemKey, adds []Elemen
 		if err != nil {
 			return fmt.Errorf("map %s key %v: %w", e.Map, e.Key, err)
 		}
+		if def.Plain {
+			put(e.Map, nftables.SetElement{Key: key})
+			continue
+		}
 		v, err := verdict(e.Verdict)
 		if err != nil {
 			return fmt.Errorf("map %s key %v: %w", e.Map, e.Key, err)

@@ -50,10 +50,12 @@ func mapNoEPServices(f Family) string     { return "no-endpoint-services" + famS
 func mapNoEPNodePorts(f Family) string    { return "no-endpoint-nodeports" + famSuffix(f) }
 func mapFirewallIPs(f Family) string      { return "firewall-ips" + famSuffix(f) }
 func setNodePortIPs(f Family) string      { return "nodeport-ips" + famSuffix(f) }
+func setHairpin(f Family) string          { return "hairpin" + famSuffix(f) }
 
 var (
 	keyAddrProtoPort = []Field{FieldDaddr, FieldL4Proto, FieldDport}
 	keyProtoPort     = []Field{FieldL4Proto, FieldDport}
+	keyAddrPair      = []Field{FieldSaddr, FieldDaddr}
 	loopback         = map[Family]netip.Prefix{IPv4: netip.MustParsePrefix("127.0.0.0/8"), IPv6: netip.MustParsePrefix("::1/128")}
 )
 
@@ -218,15 +220,24 @@ func Skeleton(facts Facts) Model {
 			VerdictMap{Name: mapNoEPServices(f), Family: f, Key: keyAddrProtoPort},
 			VerdictMap{Name: mapNoEPNodePorts(f), Family: f, Key: keyProtoPort},
 			VerdictMap{Name: mapFirewallIPs(f), Family: f, Key: keyAddrProtoPort},
+			VerdictMap{Name: setHairpin(f), Family: f, Key: keyAddrPair, Plain: true},
 		)
+	}
+	var masq []Rule
+	for _, f := range families {
+		masq = append(masq, Rule{
+			Matches: []Match{{Field: FieldAddrPair, Family: f, Set: setHairpin(f)}},
+			Action:  Action{Kind: ActSetMark, Mark: MasqueradeMark},
+			Comment: "hairpin",
+		})
 	}
 	m.Chains = append(m.Chains, services, epCheck, fwCheck,
 		Chain{Name: chainMarkMasq, Rules: []Rule{{Action: Action{Kind: ActSetMark, Mark: MasqueradeMark}}}},
-		Chain{Name: chainMasquerading, Rules: []Rule{
-			{Matches: []Match{{Field: FieldMark, Neg: true, Mark: MasqueradeMark}}, Action: Action{Kind: ActReturn}},
-			{Action: Action{Kind: ActClearMark, Mark: MasqueradeMark}},
-			{Action: Action{Kind: ActMasquerade}},
-		}},
+		Chain{Name: chainMasquerading, Rules: append(masq,
+			Rule{Matches: []Match{{Field: FieldMark, Neg: true, Mark: MasqueradeMark}}, Action: Action{Kind: ActReturn}},
+			Rule{Action: Action{Kind: ActClearMark, Mark: MasqueradeMark}},
+			Rule{Action: Action{Kind: ActMasquerade}},
+		)},
 		Chain{Name: chainReject, Rules: []Rule{
 			{Matches: []Match{{Field: FieldL4Proto, Proto: TCP}}, Action: Action{Kind: ActReject, Reject: RejectTCPReset}},
 			{Action: Action{Kind: ActReject, Reject: RejectPortUnreachable}},
@@ -398,45 +409,46 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 		used = append(used, localBEs...)
 	}
 	for _, be := range used {
-		var rules []Rule
-		rules = append(rules, Rule{
-			Matches: []Match{{Field: FieldSaddr, Family: f, Prefixes: []netip.Prefix{netip.PrefixFrom(be.addr, be.addr.BitLen())}}},
-			Action:  Action{Kind: ActJump, Chain: chainMarkMasq},
-			Comment: "hairpin",
-		})
-		if be.set != "" {
-			if b.seen[be.set] {
-				continue
-			}
-			b.frag.Sets = append(b.frag.Sets, Set{Name: be.set, Family: f, Dynamic: true, Timeout: svc.SessionAffinityTimeout})
-			rules = append(rules, Rule{Action: Action{Kind: ActUpdate, Set: be.set, Key: []Field{FieldSaddr}, Family: f}})
+		// A pod reaching itself through the Service must be masqueraded,
+		// or it would answer itself directly; postrouting checks the pair.
+		b.addElem(setHairpin(f), MapElement{Key: MapKey{Addr: be.addr}})
+		if !affinity || b.seen[be.set] {
+			continue
 		}
-		rules = append(rules, Rule{
-			Matches: []Match{{Field: FieldL4Proto, Proto: p.Protocol}},
-			Action:  Action{Kind: ActDNAT, To: netip.AddrPortFrom(be.addr, uint16(be.port)), Family: f},
-		})
-		b.addChain(Chain{Name: be.chain, Rules: rules})
-		if be.set != "" {
-			b.seen[be.set] = true
-		}
+		// With ClientIP affinity each backend has a chain that records the
+		// client in its set; without, no chain per backend (see
+		// ActDNATNumgen).
+		b.frag.Sets = append(b.frag.Sets, Set{Name: be.set, Family: f, Dynamic: true, Timeout: svc.SessionAffinityTimeout})
+		b.addChain(Chain{Name: be.chain, Rules: []Rule{
+			{Action: Action{Kind: ActUpdate, Set: be.set, Key: []Field{FieldSaddr}, Family: f}},
+			{Matches: []Match{{Field: FieldL4Proto, Proto: p.Protocol}},
+				Action: Action{Kind: ActDNAT, To: netip.AddrPortFrom(be.addr, uint16(be.port)), Family: f}},
+		}})
+		b.seen[be.set] = true
 	}
 
 	// Policy chains pick a backend: an affinity hit first, else at random.
 	pick := func(bes []backend) []Rule {
+		if !affinity {
+			var to []netip.AddrPort
+			for _, be := range bes {
+				to = append(to, netip.AddrPortFrom(be.addr, uint16(be.port)))
+			}
+			return []Rule{{Matches: []Match{{Field: FieldL4Proto, Proto: p.Protocol}},
+				Action: Action{Kind: ActDNATNumgen, Backends: to, Family: f}}}
+		}
 		var rules []Rule
 		for _, be := range bes {
-			if be.set != "" {
-				rules = append(rules, Rule{
-					Matches: []Match{{Field: FieldSaddr, Family: f, Set: be.set}},
-					Action:  Action{Kind: ActGoto, Chain: be.chain},
-				})
-			}
+			rules = append(rules, Rule{
+				Matches: []Match{{Field: FieldSaddr, Family: f, Set: be.set}},
+				Action:  Action{Kind: ActGoto, Chain: be.chain},
+			})
 		}
-		var targets []string
+		var chains []string
 		for _, be := range bes {
-			targets = append(targets, be.chain)
+			chains = append(chains, be.chain)
 		}
-		return append(rules, Rule{Action: Action{Kind: ActNumgen, Targets: targets}})
+		return append(rules, Rule{Action: Action{Kind: ActNumgen, Targets: chains}})
 	}
 	if usesCluster {
 		var rules []Rule

@@ -154,10 +154,11 @@ func InputFromObjects(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) 
 			}
 			addr = addr.Unmap()
 			if i, dup := seen[addr]; dup {
-				// Keep the first conditions, merge the ports.
-				for n, p := range ports {
-					in.Endpoints[i].Ports[n] = p
-				}
+				// Keep the first conditions, merge the ports into a copy:
+				// the map may be shared with the first slice's endpoints.
+				merged := maps.Clone(in.Endpoints[i].Ports)
+				maps.Copy(merged, ports)
+				in.Endpoints[i].Ports = merged
 				continue
 			}
 			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
@@ -167,7 +168,7 @@ func InputFromObjects(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) 
 			}
 			ep := Endpoint{
 				Addr:        addr,
-				Ports:       maps.Clone(ports),
+				Ports:       ports, // shared by the slice's endpoints, never changed in place
 				Ready:       ready,
 				Serving:     serving,
 				Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,

@@ -94,6 +94,22 @@ func (a *Applier) readSet(conn *nftables.Conn, s *nftables.Set, d *Digest) error
 	if err != nil {
 		return fmt.Errorf("list elements of %s: %w", s.Name, err)
 	}
+	if def, ok := mapDefs[s.Name]; ok && def.Plain {
+		if s.IsMap {
+			d.Maps[s.Name] = "unexpected map " + s.Name
+			return nil
+		}
+		d.Maps[s.Name] = mapDef(def.Family, def.Key)
+		for _, e := range els {
+			k, ok := decodeMapKey(def, e.Key)
+			if !ok {
+				d.Maps[s.Name] = "unexpected element"
+				return nil
+			}
+			d.Elems[elemKey{s.Name, k}] = ""
+		}
+		return nil
+	}
 	if s.IsMap {
 		// google/nftables reads a verdict data type into KeyType, losing
 		// the key's type and length; decodeMapKey checks each element's
@@ -164,7 +180,11 @@ func decodeMapKey(vm VerdictMap, b []byte) (MapKey, bool) {
 			if len(b) < n {
 				return k, false
 			}
-			k.Addr, _ = netip.AddrFromSlice(b[:n])
+			a, _ := netip.AddrFromSlice(b[:n])
+			if k.Addr.IsValid() && k.Addr != a {
+				return k, false // a pair set holds addresses paired with themselves
+			}
+			k.Addr = a
 			b = b[n:]
 		case FieldL4Proto:
 			if len(b) < 4 {

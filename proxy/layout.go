@@ -51,15 +51,34 @@ func shardOf(k ServiceKey) int {
 	return int(h.Sum32() % serviceShards)
 }
 
-// mainChains are the skeleton chains that stay in table TableName.
-var mainChains = []string{chainNatPostrouting, chainMasquerading}
+// mainChains are the skeleton chains that stay in table TableName, and
+// mainSets the sets they use.
+var (
+	mainChains = []string{chainNatPostrouting, chainMasquerading}
+	mainSets   = []string{setHairpin(IPv4), setHairpin(IPv6)}
+)
+
+// elemTable is the table holding element ek of Service k's fragment.
+func elemTable(ek elemKey, k ServiceKey) string {
+	if slices.Contains(mainSets, ek.Map) {
+		return TableName
+	}
+	return shardTable(shardOf(k))
+}
 
 // physicalSkeletons splits the skeleton into the part kept in table
 // TableName and the part every shard repeats.
 func physicalSkeletons(facts Facts) (main, shard Model) {
 	sk := Skeleton(facts)
 	main = Model{Table: TableName}
-	shard = Model{Sets: sk.Sets, Maps: sk.Maps}
+	shard = Model{Sets: sk.Sets}
+	for _, vm := range sk.Maps {
+		if slices.Contains(mainSets, vm.Name) {
+			main.Maps = append(main.Maps, vm)
+		} else {
+			shard.Maps = append(shard.Maps, vm)
+		}
+	}
 	for _, c := range sk.Chains {
 		if slices.Contains(mainChains, c.Name) {
 			main.Chains = append(main.Chains, c)

@@ -65,6 +65,11 @@ const (
 	FieldFibSaddrLoc Field = "fib saddr type local" // source is a local address
 	FieldCtStateNew  Field = "ct state"             // connection is new
 	FieldNFProto     Field = "meta nfproto"         // Match.Family
+	// FieldAddrPair is saddr . daddr looked up in Match.Set, a pair set
+	// whose elements are addresses paired with themselves: it holds for a
+	// packet whose source and (translated) destination are the same listed
+	// address, i.e. a pod that reached itself through a Service.
+	FieldAddrPair Field = "saddr . daddr"
 )
 
 // Match tests one packet field. Neg inverts it. For address fields exactly
@@ -99,6 +104,7 @@ const (
 	ActClearMark  ActionKind = "mark clear" // mark &^= Mark (nft: mark ^ Mark after a test)
 	ActVmap       ActionKind = "vmap"       // look Key up in Map
 	ActNumgen     ActionKind = "numgen"     // goto Targets[random mod len]
+	ActDNATNumgen ActionKind = "dnat numgen" // dnat to Backends[random mod len]
 	ActUpdate     ActionKind = "update"     // add Key (saddr) to dynamic Set
 )
 
@@ -122,6 +128,10 @@ type Action struct {
 	Key     []Field        // vmap key (saddr/daddr, meta l4proto, th dport); update key (saddr)
 	Family  Family         // family of address fields in Key
 	Targets []string       // numgen: chains to goto, index = random mod len
+	// dnat numgen: backends, index = random mod len. One rule and no
+	// chain per backend keeps the table small, and the kernel re-checks a
+	// whole table on every change.
+	Backends []netip.AddrPort
 	Set     string         // update
 }
 
@@ -151,11 +161,13 @@ type MapElement struct {
 	Comment string
 }
 
-// VerdictMap is a named verdict map.
+// VerdictMap is a named verdict map, or with Plain a set of keys without
+// verdicts (the hairpin pair sets: key saddr . daddr, element X is X . X).
 type VerdictMap struct {
 	Name     string
 	Family   Family
-	Key      []Field // FieldDaddr?, FieldL4Proto, FieldDport
+	Key      []Field // FieldDaddr?, FieldL4Proto, FieldDport; or FieldSaddr, FieldDaddr
+	Plain    bool
 	Elements []MapElement
 }
 

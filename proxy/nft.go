@@ -147,15 +147,21 @@ func buildMap(t *nftables.Table, vm VerdictMap) (nftSet, error) {
 	ns := nftSet{set: &nftables.Set{
 		Table:         t,
 		Name:          vm.Name,
-		IsMap:         true,
+		IsMap:         !vm.Plain,
 		KeyType:       kt,
-		DataType:      nftables.TypeVerdict,
 		Concatenation: len(vm.Key) > 1,
 	}}
+	if !vm.Plain {
+		ns.set.DataType = nftables.TypeVerdict
+	}
 	for _, e := range vm.Elements {
 		key, err := mapKeyBytes(vm.Family, vm.Key, e.Key)
 		if err != nil {
 			return nftSet{}, fmt.Errorf("map %s element %v: %w", vm.Name, e.Key, err)
+		}
+		if vm.Plain {
+			ns.elems = append(ns.elems, nftables.SetElement{Key: key})
+			continue
 		}
 		v, err := verdict(e.Verdict)
 		if err != nil {
@@ -376,6 +382,15 @@ func (tr *translator) matchExprs(m Match) ([]expr.Any, error) {
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 			&expr.Cmp{Op: cmpOp(m.Neg), Register: 1, Data: []byte{p}},
 		}, nil
+	case FieldAddrPair:
+		if m.Set == "" {
+			return nil, fmt.Errorf("address pair match without set")
+		}
+		load, err := keyLoad(m.Family, keyAddrPair)
+		if err != nil {
+			return nil, err
+		}
+		return append(load, &expr.Lookup{SourceRegister: 1, SetName: m.Set, Invert: m.Neg}), nil
 	}
 	return nil, fmt.Errorf("unknown field %q", m.Field)
 }
@@ -541,6 +556,8 @@ func (tr *translator) actionExprs(a Action) ([]expr.Any, error) {
 			&expr.Numgen{Register: 1, Modulus: uint32(len(a.Targets)), Type: unix.NFT_NG_RANDOM},
 			&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID, DestRegister: 0, IsDestRegSet: true},
 		}, nil
+	case ActDNATNumgen:
+		return tr.dnatNumgen(a)
 	case ActUpdate:
 		if a.Set == "" {
 			return nil, fmt.Errorf("update without set")
@@ -568,7 +585,7 @@ func ownedName(name string) bool {
 	}
 	for _, f := range families {
 		switch name {
-		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f):
+		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f), setHairpin(f):
 			return true
 		}
 	}
@@ -582,4 +599,36 @@ func ownedName(name string) bool {
 		}
 	}
 	return false
+}
+
+// dnatNumgen picks a backend at random from an anonymous map of
+// address . port, loaded into registers 1 (address) and the 32-bit
+// register after the address (port), and DNATs to it.
+func (tr *translator) dnatNumgen(a Action) ([]expr.Any, error) {
+	if len(a.Backends) == 0 {
+		return nil, fmt.Errorf("dnat numgen without backends")
+	}
+	fam, err := nfproto(a.Family)
+	if err != nil {
+		return nil, err
+	}
+	dt, err := nftables.ConcatSetType(addrSetType(a.Family), nftables.TypeInetService)
+	if err != nil {
+		return nil, err
+	}
+	var elems []nftables.SetElement
+	for i, b := range a.Backends {
+		if !b.IsValid() || familyOf(b.Addr()) != a.Family {
+			return nil, fmt.Errorf("backend %v is not of family %d", b, a.Family)
+		}
+		val := append(b.Addr().AsSlice(), binaryutil.BigEndian.PutUint16(b.Port())...)
+		elems = append(elems, nftables.SetElement{Key: native32(uint32(i)), Val: append(val, 0, 0)})
+	}
+	s := tr.addAnon(&nftables.Set{IsMap: true, KeyType: nftables.TypeInteger, DataType: dt, KeyByteOrder: binaryutil.NativeEndian}, elems)
+	portReg := reg32(uint32(addrSetType(a.Family).Bytes / 4))
+	return []expr.Any{
+		&expr.Numgen{Register: 1, Modulus: uint32(len(a.Backends)), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID, DestRegister: 1, IsDestRegSet: true},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(fam), RegAddrMin: 1, RegProtoMin: portReg, Specified: true},
+	}, nil
 }

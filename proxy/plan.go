@@ -19,7 +19,7 @@ type desired struct {
 func desiredOf(m Model) desired {
 	d := desired{chains: m.Chains, sets: m.Sets, elems: map[elemKey]MapElement{}}
 	for _, vm := range m.Maps {
-		d.maps = append(d.maps, VerdictMap{Name: vm.Name, Family: vm.Family, Key: vm.Key})
+		d.maps = append(d.maps, VerdictMap{Name: vm.Name, Family: vm.Family, Key: vm.Key, Plain: vm.Plain})
 		for _, e := range vm.Elements {
 			d.elems[elemKey{vm.Name, e.Key}] = e
 		}

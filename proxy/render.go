@@ -41,16 +41,24 @@ func (m Model) String() string {
 				types = append(types, "inet_service")
 			}
 		}
-		fmt.Fprintf(&sb, "\tmap %s {\n\t\ttype %s : verdict\n", vm.Name, strings.Join(types, " . "))
+		if vm.Plain {
+			fmt.Fprintf(&sb, "\tset %s {\n\t\ttype %s\n", vm.Name, strings.Join(types, " . "))
+		} else {
+			fmt.Fprintf(&sb, "\tmap %s {\n\t\ttype %s : verdict\n", vm.Name, strings.Join(types, " . "))
+		}
 		if len(vm.Elements) > 0 {
 			sb.WriteString("\t\telements = {\n")
 			for _, e := range vm.Elements {
 				var parts []string
-				if e.Key.Addr.IsValid() {
-					parts = append(parts, e.Key.Addr.String())
+				if vm.Plain {
+					fmt.Fprintf(&sb, "\t\t\t%s . %s", e.Key.Addr, e.Key.Addr)
+				} else {
+					if e.Key.Addr.IsValid() {
+						parts = append(parts, e.Key.Addr.String())
+					}
+					parts = append(parts, string(e.Key.Proto), fmt.Sprint(e.Key.Port))
+					fmt.Fprintf(&sb, "\t\t\t%s : %s", strings.Join(parts, " . "), e.Verdict.render())
 				}
-				parts = append(parts, string(e.Key.Proto), fmt.Sprint(e.Key.Port))
-				fmt.Fprintf(&sb, "\t\t\t%s : %s", strings.Join(parts, " . "), e.Verdict.render())
 				if e.Comment != "" {
 					fmt.Fprintf(&sb, " comment %q", e.Comment)
 				}
@@ -117,6 +125,8 @@ func (m Match) String() string {
 		return "ct state " + neg + "new"
 	case FieldNFProto:
 		return "meta nfproto " + neg + familyName(m.Family)
+	case FieldAddrPair:
+		return fmt.Sprintf("%s %s@%s", keyExpr(m.Family, []Field{FieldSaddr, FieldDaddr}), neg, m.Set)
 	}
 	return fmt.Sprintf("<%s?>", m.Field)
 }
@@ -146,6 +156,16 @@ func (a Action) render() string {
 			els = append(els, fmt.Sprintf("%d : goto %s", i, t))
 		}
 		return fmt.Sprintf("numgen random mod %d vmap { %s }", len(a.Targets), strings.Join(els, ", "))
+	case ActDNATNumgen:
+		var els []string
+		for i, b := range a.Backends {
+			els = append(els, fmt.Sprintf("%d : %s . %d", i, b.Addr(), b.Port()))
+		}
+		fam := "ip"
+		if a.Family == IPv6 {
+			fam = "ip6"
+		}
+		return fmt.Sprintf("dnat %s addr . port to numgen random mod %d map { %s }", fam, len(a.Backends), strings.Join(els, ", "))
 	case ActUpdate:
 		return fmt.Sprintf("update @%s { %s }", a.Set, keyExpr(a.Family, a.Key))
 	}

@@ -39,24 +39,16 @@ type Syncer struct {
 	inputs map[ServiceKey]ServiceInput
 	// Below, the ledger: nil until a full sync succeeds, and again after
 	// any failure, which makes the next sync a full one.
-	ledger   map[string]*Digest // by table
-	owned    map[ServiceKey]ownership
-	claims   map[elemKey][]claim
-	elemAt   map[elemKey]string // table holding each written element
-	lastGen  uint32             // nftables generation after our last write
+	ledger map[string]*Digest // by table
+	// claims lists, per verdict-map key, the Services whose fragments
+	// have it, sorted: the first one's element is written. pairs counts
+	// the fragments holding each hairpin pair. What a Service's fragment
+	// held is not kept: it is built again from the Service's previous
+	// input, which at 100,000 endpoints saves tens of megabytes.
+	claims   map[elemKey][]ServiceKey
+	pairs    map[elemKey]int32
+	lastGen  uint32 // nftables generation after our last write
 	rejected map[ServiceKey]error
-}
-
-// ownership is what one Service's fragment put into its shard's ledger.
-type ownership struct {
-	chains, sets []string
-	elems        []elemKey
-}
-
-// claim is a Service's wish for one map key; the lowest ServiceKey wins.
-type claim struct {
-	svc  ServiceKey
-	elem MapElement
 }
 
 // NewSyncer returns a Syncer writing through app.
@@ -104,6 +96,12 @@ func (s *Syncer) Rejected() map[ServiceKey]error { return maps.Clone(s.rejected)
 // Sync takes new inputs for the changed Services (nil: the Service is
 // gone) and brings the kernel up to date.
 func (s *Syncer) Sync(changed map[ServiceKey]*ServiceInput) (SyncResult, error) {
+	before := make(map[ServiceKey]*ServiceInput, len(changed))
+	for k := range changed {
+		if in, ok := s.inputs[k]; ok && s.rejected[k] == nil {
+			before[k] = &in
+		}
+	}
 	for k, in := range changed {
 		delete(s.rejected, k)
 		if in == nil {
@@ -118,7 +116,7 @@ func (s *Syncer) Sync(changed map[ServiceKey]*ServiceInput) (SyncResult, error) 
 	if len(changed) == 0 {
 		return SyncResult{}, nil
 	}
-	return s.partial(slices.SortedFunc(maps.Keys(changed), compareServiceKeys))
+	return s.partial(slices.SortedFunc(maps.Keys(changed), compareServiceKeys), before)
 }
 
 // CheckDrift finds out whether the tables still hold what was written and
@@ -209,16 +207,16 @@ func (s *Syncer) layout(keys []ServiceKey, frags map[ServiceKey]Fragment) map[st
 	winners := map[string][]Fragment{}
 	for _, k := range keys {
 		fr := frags[k]
-		var won []Element
+		own := shardTable(shardOf(k))
+		winners[own] = append(winners[own], Fragment{Chains: fr.Chains, Sets: fr.Sets})
 		for _, e := range fr.Elements {
 			ek := elemKey{e.Map, e.Key}
 			if !taken[ek] {
 				taken[ek] = true
-				won = append(won, e)
+				t := elemTable(ek, k)
+				winners[t] = append(winners[t], Fragment{Elements: []Element{e}})
 			}
 		}
-		t := shardTable(shardOf(k))
-		winners[t] = append(winners[t], Fragment{Chains: fr.Chains, Sets: fr.Sets, Elements: won})
 	}
 	for t, frs := range winners {
 		models[t] = assemble(models[t], frs)
@@ -259,18 +257,14 @@ func (s *Syncer) full() (SyncResult, error) {
 		return res, err
 	}
 	s.ledger = map[string]*Digest{}
-	s.elemAt = map[elemKey]string{}
 	for t, m := range models {
 		d := digestOf(m)
 		s.ledger[t] = &d
-		for ek := range d.Elems {
-			s.elemAt[ek] = t
-		}
 	}
-	s.owned = map[ServiceKey]ownership{}
-	s.claims = map[elemKey][]claim{}
+	s.claims = map[elemKey][]ServiceKey{}
+	s.pairs = map[elemKey]int32{}
 	for _, k := range keys {
-		s.own(k, frags[k])
+		s.count(k, frags[k], 1)
 	}
 	s.recordGeneration()
 	return res, nil
@@ -287,48 +281,51 @@ func (s *Syncer) recordGeneration() {
 	s.lastGen = gen
 }
 
-// own records a fragment in the ownership index and its claims.
-func (s *Syncer) own(k ServiceKey, fr Fragment) {
-	var o ownership
-	for _, c := range fr.Chains {
-		o.chains = append(o.chains, c.Name)
-	}
-	for _, st := range fr.Sets {
-		o.sets = append(o.sets, st.Name)
-	}
+// count adds (n = 1) or removes (n = -1) a fragment's elements to the
+// claims and pair counts.
+func (s *Syncer) count(k ServiceKey, fr Fragment, n int32) {
 	for _, e := range fr.Elements {
 		ek := elemKey{e.Map, e.Key}
-		o.elems = append(o.elems, ek)
-		cl := append(s.claims[ek], claim{k, e.MapElement})
-		slices.SortFunc(cl, func(a, b claim) int { return compareServiceKeys(a.svc, b.svc) })
-		s.claims[ek] = cl
-	}
-	if len(o.chains)+len(o.sets)+len(o.elems) == 0 {
-		delete(s.owned, k)
-		return
-	}
-	s.owned[k] = o
-}
-
-// disown removes a Service's claims and returns what it owned.
-func (s *Syncer) disown(k ServiceKey) ownership {
-	o := s.owned[k]
-	for _, ek := range o.elems {
-		cl := slices.DeleteFunc(s.claims[ek], func(c claim) bool { return c.svc == k })
+		if mapDefs[e.Map].Plain {
+			if s.pairs[ek] += n; s.pairs[ek] <= 0 {
+				delete(s.pairs, ek)
+			}
+			continue
+		}
+		cl := slices.DeleteFunc(s.claims[ek], func(c ServiceKey) bool { return c == k })
+		if n > 0 {
+			cl = append(cl, k)
+			slices.SortFunc(cl, compareServiceKeys)
+		}
 		if len(cl) == 0 {
 			delete(s.claims, ek)
 		} else {
 			s.claims[ek] = cl
 		}
 	}
-	delete(s.owned, k)
-	return o
+}
+
+// element returns Service k's element for ek, from its fragment in frags
+// or, for a Service that did not change, built again from its input.
+func (s *Syncer) element(k ServiceKey, ek elemKey, frags map[ServiceKey]Fragment) (MapElement, bool) {
+	fr, ok := frags[k]
+	if !ok {
+		in := s.inputs[k]
+		fr = BuildService(s.facts, in.Service, in.Endpoints)
+	}
+	for _, e := range fr.Elements {
+		if e.Map == ek.Map && e.Key == ek.Key {
+			return e.MapElement, true
+		}
+	}
+	return MapElement{}, false
 }
 
 // partial rebuilds the given Services only and sends their difference:
 // their chains and sets in their shards, and every map key they claimed
-// or claim, wherever its winner lives.
-func (s *Syncer) partial(keys []ServiceKey) (SyncResult, error) {
+// or claim, wherever its winner lives. before holds their previous inputs
+// (absent: the Service had no rules).
+func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput) (SyncResult, error) {
 	frags := s.fragments(keys)
 	have := map[string]*Digest{}
 	want := map[string]*desired{}
@@ -339,36 +336,69 @@ func (s *Syncer) partial(keys []ServiceKey) (SyncResult, error) {
 		}
 		return have[t], want[t]
 	}
+	oldWinner := map[elemKey]ServiceKey{} // per touched verdict-map key; absent: nobody held it
 	touched := map[elemKey]bool{}
+	oldPairs := map[elemKey]bool{}
+	touch := func(e Element) {
+		ek := elemKey{e.Map, e.Key}
+		if mapDefs[e.Map].Plain {
+			if _, seen := oldPairs[ek]; !seen {
+				oldPairs[ek] = s.pairs[ek] > 0
+			}
+			return
+		}
+		if !touched[ek] {
+			touched[ek] = true
+			if cl := s.claims[ek]; len(cl) > 0 {
+				oldWinner[ek] = cl[0]
+			}
+		}
+	}
 	for _, k := range keys {
 		t := shardTable(shardOf(k))
 		h, w := scope(t)
-		old := s.disown(k)
-		for _, n := range old.chains {
-			h.Chains[n] = s.ledger[t].Chains[n]
+		var old Fragment
+		if in := before[k]; in != nil {
+			old = BuildService(s.facts, in.Service, in.Endpoints)
 		}
-		for _, n := range old.sets {
-			h.Sets[n] = s.ledger[t].Sets[n]
+		for _, c := range old.Chains {
+			h.Chains[c.Name] = s.ledger[t].Chains[c.Name]
 		}
-		for _, ek := range old.elems {
-			touched[ek] = true
+		for _, st := range old.Sets {
+			h.Sets[st.Name] = s.ledger[t].Sets[st.Name]
 		}
 		fr := frags[k]
 		w.chains = append(w.chains, fr.Chains...)
 		w.sets = append(w.sets, fr.Sets...)
-		for _, e := range fr.Elements {
-			touched[elemKey{e.Map, e.Key}] = true
+		for _, e := range slices.Concat(old.Elements, fr.Elements) {
+			touch(e)
 		}
-		s.own(k, fr)
+		s.count(k, old, -1)
+		s.count(k, fr, 1)
 	}
 	for ek := range touched {
-		if t, ok := s.elemAt[ek]; ok {
+		if w0, ok := oldWinner[ek]; ok {
+			t := elemTable(ek, w0)
 			h, _ := scope(t)
 			h.Elems[ek] = s.ledger[t].Elems[ek]
 		}
 		if cl := s.claims[ek]; len(cl) > 0 {
-			_, w := scope(shardTable(shardOf(cl[0].svc)))
-			w.elems[ek] = cl[0].elem
+			e, ok := s.element(cl[0], ek, frags)
+			if !ok {
+				s.ledger = nil
+				return SyncResult{}, fmt.Errorf("internal: %v claims %s %v but does not build it", cl[0], ek.Map, ek.Key)
+			}
+			_, w := scope(elemTable(ek, cl[0]))
+			w.elems[ek] = e
+		}
+	}
+	for ek, was := range oldPairs {
+		h, w := scope(TableName)
+		if was {
+			h.Elems[ek] = ""
+		}
+		if s.pairs[ek] > 0 {
+			w.elems[ek] = MapElement{Key: ek.Key}
 		}
 	}
 	res := SyncResult{Services: len(keys)}
@@ -397,7 +427,6 @@ func (s *Syncer) partial(keys []ServiceKey) (SyncResult, error) {
 		}
 		for n := range h.Elems {
 			delete(l.Elems, n)
-			delete(s.elemAt, n)
 		}
 	}
 	for t, w := range want {
@@ -410,7 +439,6 @@ func (s *Syncer) partial(keys []ServiceKey) (SyncResult, error) {
 		}
 		for ek, e := range w.elems {
 			l.Elems[ek] = e.Verdict.render()
-			s.elemAt[ek] = t
 		}
 	}
 	if res.Ops > 0 {

@@ -94,23 +94,24 @@ func TestSyncerTransactionSize(t *testing.T) {
 		t.Errorf("unchanged inputs sent %+v", res)
 	}
 
-	// One new Service: its 4 chains (service, external, 2 endpoints), their
-	// 8 rules, 2 map elements (ClusterIP, NodePort).
+	// One new Service: its 2 chains (service, external), their 4 rules,
+	// 2 map elements (ClusterIP, NodePort), 2 hairpin pairs.
 	res = mustSync(t, s, manyServices(1000, 1))
-	if res.Full || res.Batches != 1 || res.Ops != 14 {
-		t.Errorf("adding one Service to 1000: %+v, want 14 objects in one partial batch", res)
+	if res.Full || res.Batches != 1 || res.Ops != 10 {
+		t.Errorf("adding one Service to 1000: %+v, want 10 objects in one partial batch", res)
 	}
-	// One endpoint gone: its chain flushed and deleted, the service chain
-	// rewritten (flush + 2 rules).
+	// One endpoint gone: the service chain rewritten (flush + 2 rules),
+	// its hairpin pair deleted.
 	k := ServiceKey{"bench", "svc-00007"}
 	in, _ := s.Input(k)
 	in.Endpoints = in.Endpoints[:1]
-	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{k: &in}); res.Ops != 5 || res.Batches != 1 {
-		t.Errorf("removing one endpoint: %+v, want 5 objects in one batch", res)
+	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{k: &in}); res.Ops != 4 || res.Batches != 1 {
+		t.Errorf("removing one endpoint: %+v, want 4 objects in one batch", res)
 	}
-	// A Service deleted: 2 elements deleted, 4 chains flushed and deleted.
-	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{{"bench", "svc-00008"}: nil}); res.Ops != 10 {
-		t.Errorf("deleting one Service: %+v, want 10 objects", res)
+	// A Service deleted: 2 map elements and 2 hairpin pairs deleted, 2
+	// chains flushed and deleted.
+	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{{"bench", "svc-00008"}: nil}); res.Ops != 8 {
+		t.Errorf("deleting one Service: %+v, want 8 objects", res)
 	}
 	checkLedger(t, s)
 
@@ -212,7 +213,7 @@ func TestSyncerSharedKey(t *testing.T) {
 	})
 	owner := func() string {
 		ek := elemKey{mapServiceIPs(IPv4), MapKey{Addr: shared, Proto: TCP, Port: 80}}
-		return s.ledger[s.elemAt[ek]].Elems[ek]
+		return s.ledger[elemTable(ek, s.claims[ek][0])].Elems[ek]
 	}
 	if got := owner(); !strings.Contains(got, "ns/a/") {
 		t.Errorf("shared key goes to %q, want ns/a", got)
@@ -239,10 +240,17 @@ func TestSyncerRejectsBrokenServiceAlone(t *testing.T) {
 	if err := s.Rejected()[ServiceKey{"ns", "bad"}]; err == nil || !strings.Contains(err.Error(), `unknown protocol "dccp"`) {
 		t.Errorf("rejected: %v, want ns/bad for its protocol", s.Rejected())
 	}
-	if len(s.elemAt) != 6 {
-		t.Errorf("%d map elements written, want the 3 good Services' 6", len(s.elemAt))
+	if n := len(s.ledger[TableName].Elems); n != 6 {
+		t.Errorf("%d hairpin pairs written, want the 3 good Services' 6", n)
 	}
-	for ek := range s.elemAt {
+	written := map[elemKey]string{}
+	for _, d := range s.ledger {
+		maps.Copy(written, d.Elems)
+	}
+	if len(written) != 12 {
+		t.Errorf("%d map and set elements written, want the 3 good Services' 12", len(written))
+	}
+	for ek := range written {
 		if ek.Key.Addr == a("10.96.1.1") {
 			t.Errorf("element %v of the rejected Service written", ek)
 		}

@@ -119,7 +119,11 @@ func (t *Tracer) Trace(pkt Packet) []Path {
 	for _, base := range bases {
 		var next []Path
 		for _, p := range live {
-			for _, o := range t.runChain(base.Name, pkt, p, 0) {
+			q := pkt
+			if base.Base.Hook == "postrouting" && p.DNAT.IsValid() {
+				q.Dst, q.DPort = p.DNAT.Addr(), p.DNAT.Port() // postrouting sees the translated packet
+			}
+			for _, o := range t.runChain(base.Name, q, p, 0) {
 				switch o.kind {
 				case ActDrop, ActReject:
 					o.path.Verdict = o.kind
@@ -243,6 +247,12 @@ func (t *Tracer) do(a Action, rules []Rule, i int, pkt Packet, p *Path, depth in
 		return []outcome{{path: *p, kind: ActReject}}, true
 	case ActDNAT:
 		return []outcome{{path: *p, kind: ActDNAT, to: a.To}}, true
+	case ActDNATNumgen:
+		var out []outcome
+		for _, b := range a.Backends {
+			out = append(out, outcome{path: *p, kind: ActDNAT, to: b})
+		}
+		return out, true
 	case ActAccept, ActDrop, ActMasquerade:
 		return []outcome{{path: *p, kind: a.Kind}}, true
 	}
@@ -291,6 +301,11 @@ func (t *Tracer) match(m Match, pkt Packet, p Path) bool {
 		hit = true
 	case FieldNFProto:
 		hit = familyOf(pkt.Dst) == m.Family
+	case FieldAddrPair:
+		if familyOf(pkt.Src) != m.Family {
+			return false
+		}
+		hit = pkt.Src == pkt.Dst && t.inPairSet(m.Set, pkt.Src)
 	}
 	return hit != m.Neg
 }
@@ -301,6 +316,11 @@ func (t *Tracer) inSet(name string, a netip.Addr) bool {
 	}
 	s, ok := t.Model.SetByName(name)
 	return ok && slices.Contains(s.Elements, a)
+}
+
+func (t *Tracer) inPairSet(name string, a netip.Addr) bool {
+	vm, ok := t.Model.Map(name)
+	return ok && slices.ContainsFunc(vm.Elements, func(e MapElement) bool { return e.Key.Addr == a })
 }
 
 func (t *Tracer) isLocal(a netip.Addr) bool {
