@@ -97,15 +97,15 @@ const (
 	ActReturn     ActionKind = "return"
 	ActAccept     ActionKind = "accept"
 	ActDrop       ActionKind = "drop"
-	ActReject     ActionKind = "reject"     // Reject says how
-	ActDNAT       ActionKind = "dnat"       // To
-	ActMasquerade ActionKind = "masquerade" // fully-random
-	ActSetMark    ActionKind = "mark set"   // mark |= Mark
-	ActClearMark  ActionKind = "mark clear" // mark &^= Mark (nft: mark ^ Mark after a test)
-	ActVmap       ActionKind = "vmap"       // look Key up in Map
-	ActNumgen     ActionKind = "numgen"     // goto Targets[random mod len]
+	ActReject     ActionKind = "reject"      // Reject says how
+	ActDNAT       ActionKind = "dnat"        // To
+	ActMasquerade ActionKind = "masquerade"  // fully-random
+	ActSetMark    ActionKind = "mark set"    // mark |= Mark
+	ActClearMark  ActionKind = "mark clear"  // mark &^= Mark (nft: mark ^ Mark after a test)
+	ActVmap       ActionKind = "vmap"        // look Key up in Map
+	ActNumgen     ActionKind = "numgen"      // goto Targets[random mod len]
 	ActDNATNumgen ActionKind = "dnat numgen" // dnat to Backends[random mod len]
-	ActUpdate     ActionKind = "update"     // add Key (saddr) to dynamic Set
+	ActUpdate     ActionKind = "update"      // add Key (saddr) to dynamic Set
 )
 
 // RejectKind says how a packet is rejected.
@@ -132,7 +132,7 @@ type Action struct {
 	// chain per backend keeps the table small, and the kernel re-checks a
 	// whole table on every change.
 	Backends []netip.AddrPort
-	Set     string         // update
+	Set      string // update
 }
 
 // Set is a named set of addresses. Dynamic sets are filled by update

@@ -171,7 +171,7 @@ func TestRunnerFollowsChanges(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("nft list: %v: %s", err, out)
 	}
-	if text := string(out); !strings.Contains(text, "dnat ip to 10.244.0.6:5353") || strings.Contains(text, "10.244.0.7") {
+	if text := string(out); !strings.Contains(text, "10.244.0.6 . 5353") || strings.Contains(text, "10.244.0.7") {
 		t.Errorf("ruleset after the change:\n%s", text)
 	}
 }
