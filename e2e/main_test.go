@@ -37,8 +37,8 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	if dir := os.Getenv("NODENET_BIN_DIR"); dir != "" {
-		binDir = dir
+	if prebuilt := os.Getenv("NODENET_BIN_DIR"); prebuilt != "" {
+		binDir = prebuilt
 	} else {
 		binDir = dir
 		if err := build(dir); err != nil {
