@@ -77,6 +77,9 @@ func (s *Syncer) Input(k ServiceKey) (ServiceInput, bool) {
 	return in, ok
 }
 
+// Facts returns the node facts the rules are built for.
+func (s *Syncer) Facts() Facts { return s.facts }
+
 // State returns every input as one State, for consumers that look at the
 // whole world (the conntrack cleaner).
 func (s *Syncer) State() State {

@@ -218,7 +218,7 @@ func (r *runner) updateHealth(changed map[proxy.ServiceKey]*proxy.ServiceInput, 
 	if r.Health == nil {
 		return
 	}
-	node := r.Syncer.State().Node.Name
+	node := r.Syncer.Facts().Node.Name
 	update := func(k proxy.ServiceKey, in *proxy.ServiceInput) {
 		delete(r.hcPorts, k)
 		delete(r.local, k)
