@@ -66,7 +66,8 @@ func (d *daemon) startProxy(ctx context.Context, bg *errgroup.Group, h *hub.Hub,
 }
 
 // nodePortAddresses lists the node's addresses inside proxy.nodePortAddresses; with none
-// configured it returns nil, which means every local address, as in kube-proxy.
+// configured it returns nil, which means every local address, as in kube-proxy. Configured ranges
+// that match no address give an empty list: NodePorts answer nowhere, and the log says why.
 func (d *daemon) nodePortAddresses(nl *netlink.Handle) ([]netip.Addr, error) {
 	if len(d.cfg.Proxy.NodePortAddresses) == 0 {
 		return nil, nil
@@ -75,7 +76,7 @@ func (d *daemon) nodePortAddresses(nl *netlink.Handle) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list node addresses: %w", err)
 	}
-	var out []netip.Addr
+	out := []netip.Addr{}
 	for _, a := range addrs {
 		ip, ok := netip.AddrFromSlice(a.IP)
 		if !ok {
@@ -89,5 +90,9 @@ func (d *daemon) nodePortAddresses(nl *netlink.Handle) ([]netip.Addr, error) {
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
+	if len(out) == 0 {
+		d.log.Warn("proxy.nodePortAddresses matches no address of this node; NodePorts are not served here",
+			zap.Stringers("nodePortAddresses", d.cfg.Proxy.NodePortAddresses))
+	}
 	return out, nil
 }

@@ -200,9 +200,9 @@ func Skeleton(facts Facts) Model {
 		fwCheck.Rules = append(fwCheck.Rules, Rule{Action: vmap(mapFirewallIPs(f), keyAddrProtoPort)})
 
 		var local []Match
-		if len(facts.Node.Addresses) > 0 {
-			// Only the listed addresses; a family without any gets an
-			// empty set, so no NodePort in that family.
+		if facts.Node.Addresses != nil {
+			// Only the listed addresses; a family without any (or an
+			// empty, non-nil list) gets an empty set: no NodePort there.
 			local = []Match{{Field: FieldDaddr, Family: f, Set: setNodePortIPs(f)}}
 			m.Sets = append(m.Sets, Set{Name: setNodePortIPs(f), Family: f, Elements: addrsOf(facts.Node.Addresses, f), Comment: "NodePort addresses"})
 		} else {

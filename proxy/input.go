@@ -68,8 +68,9 @@ type Endpoint struct {
 type Node struct {
 	Name string
 	Zone string
-	// Addresses accepting NodePort traffic. Empty means every local
-	// address (matched with `fib daddr type local`).
+	// Addresses accepting NodePort traffic. Nil means every local
+	// address (matched with `fib daddr type local`); empty but not nil,
+	// none (proxy.nodePortAddresses matched no address of the node).
 	Addresses []netip.Addr
 }
 

@@ -67,7 +67,7 @@ func (s *Syncer) SetFacts(f Facts) {
 
 func factsEqual(a, b Facts) bool {
 	return a.Node.Name == b.Node.Name && a.Node.Zone == b.Node.Zone &&
-		slices.Equal(a.Node.Addresses, b.Node.Addresses) &&
+		(a.Node.Addresses == nil) == (b.Node.Addresses == nil) && slices.Equal(a.Node.Addresses, b.Node.Addresses) &&
 		slices.Equal(a.ClusterCIDRs, b.ClusterCIDRs) && a.MasqueradeAll == b.MasqueradeAll
 }
 

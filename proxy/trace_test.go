@@ -239,3 +239,17 @@ func TestTraceTopologyHints(t *testing.T) {
 		t.Errorf("got %v, want all 3 endpoints", pathStrings(got))
 	}
 }
+
+// proxy.nodePortAddresses that match no address of the node: NodePorts
+// are served on none, not on all.
+func TestTraceNodePortNoMatchingAddress(t *testing.T) {
+	st := traceState()
+	st.Node.Addresses = []netip.Addr{}
+	m := Build(st)
+	if got := pathStrings(Trace(m, []netip.Addr{nodeIP}, tcp("203.0.113.5", "192.168.0.10", 30081))); !cmp.Equal(got, []string{"accept"}) {
+		t.Errorf("nodeport with no NodePort address: %v, want untouched", got)
+	}
+	if got := pathStrings(Trace(m, []netip.Addr{nodeIP}, tcp("10.0.1.50", "172.30.0.10", 80))); len(got) == 0 || got[0] == "accept" {
+		t.Errorf("clusterip with no NodePort address: %v, want DNAT", got)
+	}
+}
