@@ -146,35 +146,11 @@ func diffSummary(have, want Digest) string {
 			out = append(out, fmt.Sprintf("%d %s", n, what))
 		}
 	}
-	var missing, extra, changed int
-	for n, c := range want.Chains {
-		if h, ok := have.Chains[n]; !ok {
-			missing++
-		} else if !h.equal(c) {
-			changed++
-		}
-	}
-	for n := range have.Chains {
-		if _, ok := want.Chains[n]; !ok {
-			extra++
-		}
-	}
+	missing, extra, changed := compareMaps(have.Chains, want.Chains, ChainDigest.equal)
 	count("chains missing", missing)
 	count("chains extra", extra)
 	count("chains changed", changed)
-	missing, extra, changed = 0, 0, 0
-	for k, v := range want.Elems {
-		if h, ok := have.Elems[k]; !ok {
-			missing++
-		} else if h != v {
-			changed++
-		}
-	}
-	for k := range have.Elems {
-		if _, ok := want.Elems[k]; !ok {
-			extra++
-		}
-	}
+	missing, extra, changed = compareMaps(have.Elems, want.Elems, func(a, b string) bool { return a == b })
 	count("map elements missing", missing)
 	count("map elements extra", extra)
 	count("map elements changed", changed)
@@ -185,4 +161,22 @@ func diffSummary(have, want Digest) string {
 		out = append(out, "maps differ")
 	}
 	return strings.Join(out, ", ")
+}
+
+// compareMaps counts the keys of want missing from have, the keys of have
+// not in want, and the keys whose values differ.
+func compareMaps[K comparable, V any](have, want map[K]V, equal func(V, V) bool) (missing, extra, changed int) {
+	for k, w := range want {
+		if h, ok := have[k]; !ok {
+			missing++
+		} else if !equal(h, w) {
+			changed++
+		}
+	}
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			extra++
+		}
+	}
+	return missing, extra, changed
 }
