@@ -13,7 +13,7 @@ export NODENET_CACHE ?= $(HOME)/.cache/nodenet
 DEB_PACKAGES := iproute2 nftables iputils-ping dnsutils
 DEB_COMMANDS := ip nft ping dig
 
-.PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down bench clean cluster-bins
+.PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down bench bench-cni bench-proxy clean cluster-bins
 
 all: build
 
@@ -67,10 +67,18 @@ demo-shell:
 demo-down:
 	@$(GO) build -o $(BIN)/nodenet-demo ./hack/demo && $(BIN)/nodenet-demo down
 
-# CNI benchmark of issue 2 against the reference plugins, side by side (bench/RESULTS.md);
-# e.g. make bench BENCH_FLAGS=--rounds=5
-bench: deps build
+# The benchmarks of bench/RESULTS.md, each against its peer in the same run: bench-cni (issue 2,
+# reference bridge + host-local; e.g. make bench-cni BENCH_FLAGS=--rounds=5) and bench-proxy
+# (issue 4, kube-proxy --proxy-mode=nftables against the same API server; about 15 minutes on 2
+# cores; e.g. make bench-proxy BENCH_PROXY_FLAGS="--scales=1000 --rounds=1").
+bench: bench-cni bench-proxy
+
+bench-cni: deps build
 	$(GO) run ./bench/cni --bin $(CURDIR)/$(BIN) $(BENCH_FLAGS)
+
+bench-proxy: deps build
+	@dir=$$(hack/cluster-bins.sh) && \
+	$(GO) run ./bench/proxy --bin $(CURDIR)/$(BIN) --cluster-bin $$dir $(BENCH_PROXY_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,386 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Targets of issue 4.
+const (
+	targetRatio         = 0.10                  // cold start and per-change latency: nodenet/kube-proxy at most this
+	targetChangeP99     = 50 * time.Millisecond // nodenet's p99 per change at the largest size (strictly under)
+	targetRSS           = 100 << 20             // nodenet's peak RSS at the largest size, bytes (strictly under)
+	targetConnectGrowth = 1.10                  // nodenet's connect p50 at the largest size / at the smallest
+)
+
+const notAvailable = "not available"
+
+// report collects a run's measurements and prints them.
+type report struct {
+	opts              options
+	kubeProxyVersion  string
+	code              string // git describe of the tree nodenet was built from
+	started, finished time.Time
+	sizes             []int
+	created           map[int]time.Duration            // by size: time to create the Services added
+	results           map[string]map[int][]roundResult // by side, then size: one per round
+	unavailable       [][2]string                      // side, reason
+}
+
+func (r *report) add(side string, size int, res roundResult) {
+	if r.results[side] == nil {
+		r.results[side] = map[int][]roundResult{}
+	}
+	r.results[side][size] = append(r.results[side][size], res)
+}
+
+func (r *report) smallest() int { return r.sizes[0] }
+func (r *report) largest() int  { return r.sizes[len(r.sizes)-1] }
+
+// value is one cell: a figure, or nothing when the side has no measurement.
+type value struct {
+	v  float64
+	ok bool
+}
+
+// over is the median over rounds of f at size for side.
+func (r *report) over(side string, size int, f func(roundResult) (float64, bool)) value {
+	var xs []float64
+	for _, res := range r.results[side][size] {
+		if x, ok := f(res); ok {
+			xs = append(xs, x)
+		}
+	}
+	if len(xs) == 0 {
+		return value{}
+	}
+	return value{median(xs), true}
+}
+
+// pooled applies f to every round's samples at size together.
+func (r *report) pooled(side string, size int, samples func(roundResult) []time.Duration, f func([]time.Duration) float64) value {
+	var all []time.Duration
+	for _, res := range r.results[side][size] {
+		all = append(all, samples(res)...)
+	}
+	if len(all) == 0 {
+		return value{}
+	}
+	return value{f(all), true}
+}
+
+// row is one line of the main table.
+type row struct {
+	label              string
+	nodenet, kubeProxy value
+	format             func(float64) string
+	ratio              bool   // show nodenet/kube-proxy
+	target             string // "" for none
+	pass               func(nodenet, kubeProxy value) (bool, bool)
+}
+
+func (r *report) rows() []row {
+	dur := func(f func(roundResult) (time.Duration, bool)) func(roundResult) (float64, bool) {
+		return func(x roundResult) (float64, bool) {
+			d, ok := f(x)
+			return float64(d), ok
+		}
+	}
+	ratioAtMost := func(limit float64) func(n, k value) (bool, bool) {
+		return func(n, k value) (bool, bool) {
+			if !n.ok || !k.ok {
+				return false, false
+			}
+			return n.v/k.v <= limit, true
+		}
+	}
+	both := func(label string, size int, f func(roundResult) (float64, bool), format func(float64) string) row {
+		return row{label: label, nodenet: r.over(sideNodenet, size, f), kubeProxy: r.over(sideKubeProxy, size, f), format: format, ratio: true}
+	}
+	fdur := func(v float64) string { return ms(time.Duration(v)) }
+	fsecs := func(v float64) string { return secs(time.Duration(v)) }
+	fmib := func(v float64) string { return mib(int64(v)) }
+	fus := func(v float64) string { return us(time.Duration(v)) }
+
+	var rows []row
+	for _, size := range r.opts.scales {
+		x := both(fmt.Sprintf("cold start, %d Services: start → all programmed", size), size,
+			dur(func(x roundResult) (time.Duration, bool) { return x.cold.took, true }), fdur)
+		x.target, x.pass = fmt.Sprintf("≤ %.2f", targetRatio), ratioAtMost(targetRatio)
+		rows = append(rows, x)
+	}
+	big := r.largest()
+	changes := func(x roundResult) []time.Duration {
+		if x.change == nil {
+			return nil
+		}
+		return x.change.latencies
+	}
+	for _, p := range []float64{50, 99} {
+		pct := func(ds []time.Duration) float64 { return float64(percentile(ds, p)) }
+		x := row{label: fmt.Sprintf("endpoint change at %d Services, p%.0f (all rounds)", big, p),
+			nodenet: r.pooled(sideNodenet, big, changes, pct), kubeProxy: r.pooled(sideKubeProxy, big, changes, pct),
+			format: fdur, ratio: true, target: fmt.Sprintf("≤ %.2f", targetRatio), pass: ratioAtMost(targetRatio)}
+		if p == 99 {
+			x.target = fmt.Sprintf("≤ %.2f, nodenet < %s", targetRatio, ms(targetChangeP99))
+			x.pass = func(n, k value) (bool, bool) {
+				ok, known := ratioAtMost(targetRatio)(n, k)
+				return ok && n.v < float64(targetChangeP99), known
+			}
+		}
+		rows = append(rows, x)
+	}
+	reported := func(x roundResult) (float64, bool) {
+		if x.change == nil || math.IsNaN(x.change.reported) {
+			return 0, false
+		}
+		return x.change.reported * float64(time.Second), true
+	}
+	rows = append(rows, both("  the same, as the proxy's own metric reports it (mean from the trigger time)", big, reported, fdur))
+	for _, size := range r.opts.scales {
+		rows = append(rows, both(fmt.Sprintf("CPU time of the cold start, %d Services", size), size,
+			dur(func(x roundResult) (time.Duration, bool) { return x.cold.stats.cpu, true }), fsecs))
+	}
+	rows = append(rows, both(fmt.Sprintf("CPU time per endpoint change at %d Services (mean, pauses included)", big), big,
+		dur(func(x roundResult) (time.Duration, bool) {
+			if x.change == nil {
+				return 0, false
+			}
+			return x.change.cpu / time.Duration(len(x.change.latencies)), true
+		}), fdur))
+	for _, size := range r.opts.scales {
+		rows = append(rows, both(fmt.Sprintf("RSS after the cold start, %d Services", size), size,
+			func(x roundResult) (float64, bool) { return float64(x.cold.stats.rss), true }, fmib))
+	}
+	peak := both(fmt.Sprintf("peak RSS over a round at %d Services (VmHWM and sampled VmRSS)", big), big,
+		func(x roundResult) (float64, bool) { return float64(x.peakRSS), true }, fmib)
+	peak.target = "nodenet < " + mib(targetRSS)
+	peak.pass = func(n, _ value) (bool, bool) { return n.ok && n.v < targetRSS, n.ok }
+	rows = append(rows, peak)
+
+	connect := func(vip bool) func(roundResult) (float64, bool) {
+		return func(x roundResult) (float64, bool) {
+			if x.connect == nil {
+				return 0, false
+			}
+			if vip {
+				return float64(percentile(x.connect.vip, 50)), true
+			}
+			return float64(percentile(x.connect.direct, 50)), true
+		}
+	}
+	small := r.smallest()
+	for _, size := range []int{small, big} {
+		rows = append(rows, both(fmt.Sprintf("connect p50 through a ClusterIP, %d Services", size), size, connect(true), fus))
+	}
+	for _, size := range []int{small, big} {
+		x := both(fmt.Sprintf("  the proxy's share: ClusterIP p50 − direct p50, %d Services", size), size,
+			func(x roundResult) (float64, bool) {
+				if x.connect == nil {
+					return 0, false
+				}
+				return float64(percentile(x.connect.vip, 50) - percentile(x.connect.direct, 50)), true
+			}, fus)
+		x.ratio = false
+		rows = append(rows, x)
+	}
+	growth := func(side string) value {
+		a, b := r.over(side, small, connect(true)), r.over(side, big, connect(true))
+		if !a.ok || !b.ok {
+			return value{}
+		}
+		return value{b.v / a.v, true}
+	}
+	g := row{label: fmt.Sprintf("  connect p50 at %d / at %d Services", big, small), nodenet: growth(sideNodenet), kubeProxy: growth(sideKubeProxy),
+		format: func(v float64) string { return fmt.Sprintf("%.2f", v) }, target: fmt.Sprintf("nodenet ≤ %.2f", targetConnectGrowth)}
+	g.pass = func(n, _ value) (bool, bool) { return n.ok && n.v <= targetConnectGrowth, n.ok }
+	rows = append(rows, g)
+	for _, size := range []int{small, big} {
+		x := both(fmt.Sprintf("  floor: connect p50 straight to a backend, %d Services", size), size, connect(false), fus)
+		x.ratio = false
+		rows = append(rows, x)
+	}
+	return rows
+}
+
+func (r *report) mainTable() table {
+	t := table{header: []string{"figure (median of rounds)", "nodenet", "kube-proxy", "nodenet/kube-proxy", "target", "result"}}
+	cell := func(side string, v value, format func(float64) string) string {
+		switch {
+		case v.ok:
+			return format(v.v)
+		case r.isUnavailable(side):
+			return notAvailable
+		}
+		return "—"
+	}
+	for _, x := range r.rows() {
+		ratio := ""
+		if x.ratio && x.nodenet.ok && x.kubeProxy.ok {
+			q := x.nodenet.v / x.kubeProxy.v
+			ratio = fmt.Sprintf("%.2f", q)
+			if q < 1 {
+				ratio += fmt.Sprintf(" (%.1f× less)", 1/q)
+			}
+		}
+		result := ""
+		if x.pass != nil {
+			if ok, known := x.pass(x.nodenet, x.kubeProxy); known {
+				result = verdict(ok)
+			}
+		}
+		t.rows = append(t.rows, []string{x.label, cell(sideNodenet, x.nodenet, x.format), cell(sideKubeProxy, x.kubeProxy, x.format), ratio, x.target, result})
+	}
+	return t
+}
+
+func (r *report) isUnavailable(side string) bool {
+	for _, u := range r.unavailable {
+		if u[0] == side {
+			return true
+		}
+	}
+	return false
+}
+
+// roundsTable shows every round, so the spread behind the medians is visible.
+func (r *report) roundsTable() table {
+	t := table{header: []string{"Services", "round", "first", "side", "cold start", "CPU", "RSS", "connect p50 ClusterIP / direct", "change p50", "p99", "CPU/change", "peak RSS"}}
+	for _, size := range r.sizes {
+		for i := range r.opts.rounds {
+			for _, side := range []string{sideNodenet, sideKubeProxy} {
+				rs := r.results[side][size]
+				if i >= len(rs) {
+					continue
+				}
+				x := rs[i]
+				conn, p50, p99, cpu := "", "", "", ""
+				coldCPU := secs(x.cold.stats.cpu)
+				if x.cold.stats.childCPU > 0 {
+					coldCPU += " (children " + secs(x.cold.stats.childCPU) + ")"
+				}
+				if c := x.connect; c != nil {
+					conn = us(percentile(c.vip, 50)) + " / " + us(percentile(c.direct, 50))
+				}
+				if c := x.change; c != nil {
+					p50, p99 = ms(percentile(c.latencies, 50)), ms(percentile(c.latencies, 99))
+					cpu = ms(c.cpu / time.Duration(len(c.latencies)))
+					if c.childCPU > 0 {
+						cpu += " (children " + ms(c.childCPU/time.Duration(len(c.latencies))) + ")"
+					}
+				}
+				t.rows = append(t.rows, []string{strconv.Itoa(size), strconv.Itoa(i + 1), x.first, side,
+					ms(x.cold.took), coldCPU, mib(x.cold.stats.rss), conn, p50, p99, cpu, mib(x.peakRSS)})
+			}
+		}
+	}
+	return t
+}
+
+func (r *report) write(w io.Writer) {
+	main, rounds := r.mainTable(), r.roundsTable()
+	title := fmt.Sprintf("nodenet proxy vs kube-proxy %s --proxy-mode=nftables, %s Services × %d endpoints, %d rounds",
+		r.kubeProxyVersion, joinInts(r.sizes), endpointsPerService, r.opts.rounds)
+	fmt.Fprintf(w, "\n%s\n\n", title)
+	main.text(w)
+	fmt.Fprintln(w)
+	rounds.text(w)
+	r.notes(w)
+
+	fmt.Fprint(w, "\n---- markdown ----\n\n")
+	fmt.Fprintf(w, "### Service proxy benchmark: %s\n\n", title)
+	fmt.Fprintf(w, "- date: %s (run took %s)\n", r.started.Format(time.RFC3339), r.finished.Sub(r.started).Round(time.Second))
+	fmt.Fprintf(w, "- machine: %s\n", machine())
+	fmt.Fprintf(w, "- code measured: %s\n", r.code)
+	fmt.Fprintf(w, "- command: `go run ./bench/proxy %s`\n", strings.Join(os.Args[1:], " "))
+	var created []string
+	for _, size := range r.sizes {
+		created = append(created, fmt.Sprintf("%d in %s", size, r.created[size].Round(time.Millisecond)))
+	}
+	fmt.Fprintf(w, "- Services created (cumulative sizes, each with its EndpointSlice): %s\n", strings.Join(created, ", "))
+	fmt.Fprintf(w, "- %d changes per round at %d Services, %s apart; %d connects per round and target\n\n",
+		r.opts.changes, r.largest(), r.opts.changeGap, r.opts.connects)
+	main.markdown(w)
+	fmt.Fprintln(w)
+	rounds.markdown(w)
+	r.notes(w)
+}
+
+func (r *report) notes(w io.Writer) {
+	for _, u := range r.unavailable {
+		fmt.Fprintf(w, "\n%s was not available: %s\n", u[0], u[1])
+	}
+}
+
+func joinInts(xs []int) string {
+	var s []string
+	for _, x := range xs {
+		s = append(s, strconv.Itoa(x))
+	}
+	return strings.Join(s, "/")
+}
+
+func machine() string {
+	kernel := "unknown"
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = strings.TrimSpace(string(b))
+	}
+	load := ""
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		load = ", load average at the end " + strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	return fmt.Sprintf("%d CPUs, Linux %s, %s %s/%s%s", runtime.NumCPU(), kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH, load)
+}
+
+// table renders the same rows as aligned text and as markdown.
+type table struct {
+	header []string
+	rows   [][]string
+}
+
+func (t table) text(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, row := range append([][]string{t.header}, t.rows...) {
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	tw.Flush()
+}
+
+func (t table) markdown(w io.Writer) {
+	line := func(cells []string) { fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | ")) }
+	line(t.header)
+	line(slices.Repeat([]string{"---"}, len(t.header)))
+	for _, row := range t.rows {
+		line(row)
+	}
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+// ms formats a duration in milliseconds below a second and in seconds above.
+func ms(d time.Duration) string {
+	if d >= time.Second {
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	}
+	return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+}
+
+// us formats a short latency in microseconds.
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
