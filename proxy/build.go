@@ -18,8 +18,6 @@ const MasqueradeMark uint32 = 0x4000
 
 // Names of the fixed chains.
 const (
-	chainFilterPrerouting = "filter-prerouting"
-	chainFilterOutput     = "filter-output"
 	chainNatPrerouting    = "nat-prerouting"
 	chainNatOutput        = "nat-output"
 	chainNatPostrouting   = "nat-postrouting"
@@ -31,12 +29,14 @@ const (
 	chainReject           = "reject-chain"
 )
 
-// Hook priorities: filtering runs just before DNAT so it sees the
-// Service address, as kube-proxy's does.
+// Hook priorities. The firewall and no-endpoint checks run in the nat
+// chains, before the Service lookup, rather than in filter chains as in
+// kube-proxy: nat chains see only a connection's first packet, and with a
+// filter chain per shard every packet of every connection would pass
+// sixteen of them.
 const (
 	prioDstNAT = -100
 	prioSrcNAT = 100
-	prioFilter = prioDstNAT - 10
 )
 
 var families = []Family{IPv4, IPv6}
@@ -174,20 +174,12 @@ type builder struct {
 // Skeleton is the part of the ruleset no Service changes: the base and
 // helper chains, the node-port address sets and the verdict maps, empty.
 func Skeleton(facts Facts) Model {
-	ctNew := Match{Field: FieldCtStateNew}
 	jump := func(c string) Action { return Action{Kind: ActJump, Chain: c} }
+	checksThenServices := []Rule{{Action: jump(chainFirewallCheck)}, {Action: jump(chainEndpointsCheck)}, {Action: jump(chainServices)}}
 	m := Model{Table: TableName}
 	m.Chains = []Chain{
-		{Name: chainFilterPrerouting, Base: &Hook{"filter", "prerouting", prioFilter}, Rules: []Rule{
-			{Matches: []Match{ctNew}, Action: jump(chainFirewallCheck)},
-			{Matches: []Match{ctNew}, Action: jump(chainEndpointsCheck)},
-		}},
-		{Name: chainFilterOutput, Base: &Hook{"filter", "output", prioFilter}, Rules: []Rule{
-			{Matches: []Match{ctNew}, Action: jump(chainFirewallCheck)},
-			{Matches: []Match{ctNew}, Action: jump(chainEndpointsCheck)},
-		}},
-		{Name: chainNatPrerouting, Base: &Hook{"nat", "prerouting", prioDstNAT}, Rules: []Rule{{Action: jump(chainServices)}}},
-		{Name: chainNatOutput, Base: &Hook{"nat", "output", prioDstNAT}, Rules: []Rule{{Action: jump(chainServices)}}},
+		{Name: chainNatPrerouting, Base: &Hook{"nat", "prerouting", prioDstNAT}, Rules: checksThenServices},
+		{Name: chainNatOutput, Base: &Hook{"nat", "output", prioDstNAT}, Rules: checksThenServices},
 		{Name: chainNatPostrouting, Base: &Hook{"nat", "postrouting", prioSrcNAT}, Rules: []Rule{{Action: jump(chainMasquerading)}}},
 	}
 	services := Chain{Name: chainServices}

@@ -63,7 +63,6 @@ const (
 	FieldMark        Field = "meta mark"            // (mark & Match.Mark) != 0
 	FieldFibDaddrLoc Field = "fib daddr type local" // destination is a local address
 	FieldFibSaddrLoc Field = "fib saddr type local" // source is a local address
-	FieldCtStateNew  Field = "ct state"             // connection is new
 	FieldNFProto     Field = "meta nfproto"         // Match.Family
 	// FieldAddrPair is saddr . daddr looked up in Match.Set, a pair set
 	// whose elements are addresses paired with themselves: it holds for a

@@ -367,12 +367,6 @@ func (tr *translator) matchExprs(m Match) ([]expr.Any, error) {
 			&expr.Fib{Register: 1, ResultADDRTYPE: true, FlagDADDR: m.Field == FieldFibDaddrLoc, FlagSADDR: m.Field == FieldFibSaddrLoc},
 			&expr.Cmp{Op: cmpOp(m.Neg), Register: 1, Data: native32(unix.RTN_LOCAL)},
 		}, nil
-	case FieldCtStateNew:
-		return []expr.Any{
-			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(expr.CtStateBitNEW), Xor: native32(0)},
-			&expr.Cmp{Op: cmpOp(!m.Neg), Register: 1, Data: native32(0)},
-		}, nil
 	case FieldNFProto:
 		p, err := nfproto(m.Family)
 		if err != nil {
@@ -579,7 +573,8 @@ func ownedName(name string) bool {
 		return false
 	}
 	switch name {
-	case chainFilterPrerouting, chainFilterOutput, chainNatPrerouting, chainNatOutput, chainNatPostrouting,
+	case "filter-prerouting", "filter-output", // an earlier release's, removed on upgrade
+		chainNatPrerouting, chainNatOutput, chainNatPostrouting,
 		chainServices, chainEndpointsCheck, chainFirewallCheck, chainMarkMasq, chainMasquerading, chainReject:
 		return true
 	}

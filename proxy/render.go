@@ -121,8 +121,6 @@ func (m Match) String() string {
 			dir = "saddr"
 		}
 		return fmt.Sprintf("fib %s type %slocal", dir, neg)
-	case FieldCtStateNew:
-		return "ct state " + neg + "new"
 	case FieldNFProto:
 		return "meta nfproto " + neg + familyName(m.Family)
 	case FieldAddrPair:

@@ -297,8 +297,6 @@ func (t *Tracer) match(m Match, pkt Packet, p Path) bool {
 		hit = t.isLocal(pkt.Dst)
 	case FieldFibSaddrLoc:
 		hit = t.isLocal(pkt.Src)
-	case FieldCtStateNew:
-		hit = true
 	case FieldNFProto:
 		hit = familyOf(pkt.Dst) == m.Family
 	case FieldAddrPair:
