@@ -317,8 +317,13 @@ func (s *side) round(ctx context.Context, w *workload, want []netip.AddrPort, op
 		res.change = &c
 	}
 	s.sampleRSS()
-	res.end, err = readProc(s.proc.PID())
+	if res.end, err = readProc(s.proc.PID()); err != nil {
+		return res, err
+	}
 	res.peakRSS = s.peakRSS
+	if connect {
+		err = s.floorConnects(res.connect, opts.connects)
+	}
 	return res, err
 }
 

@@ -177,7 +177,42 @@ func (s *side) changePhase(ctx context.Context, w *workload, chains map[netip.Ad
 
 // connectResult is the connect-latency phase of one round.
 type connectResult struct {
+	// vip and direct alternate while the proxy runs: connects to the ClusterIP and straight to
+	// a backend, so vip − direct is the Service lookup and DNAT alone.
 	vip, direct []time.Duration
+	// withTables and bare are direct connects once the proxy has stopped, first with its
+	// tables still in place, then without any: withTables − bare is what its hooks cost every
+	// new connection, Service or not, measured back to back and with no proxy process running.
+	withTables, bare []time.Duration
+}
+
+// directConnects times n direct connects to a backend (after a warm-up).
+func (s *side) directConnects(n int) ([]time.Duration, error) {
+	direct := netip.AddrPortFrom(backendAddrs[0], backendPort)
+	if _, err := s.topo.connects([]netip.AddrPort{direct}, 50); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.name, err)
+	}
+	ds, err := s.topo.connects([]netip.AddrPort{direct}, n)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.name, err)
+	}
+	return ds[0], nil
+}
+
+// floorConnects stops the proxy and times direct connects with its tables in place, then
+// without them.
+func (s *side) floorConnects(c *connectResult, n int) (err error) {
+	if err := s.proc.Stop(); err != nil {
+		return err
+	}
+	if c.withTables, err = s.directConnects(n); err != nil {
+		return err
+	}
+	if err := deleteTables(s.node.NS, s.rules); err != nil {
+		return err
+	}
+	c.bare, err = s.directConnects(n)
+	return err
 }
 
 // connectPhase times opts.connects connects to the first Service's ClusterIP, whose ten

@@ -166,34 +166,32 @@ func (r *report) rows() []row {
 	peak.pass = func(n, _ value) (bool, bool) { return n.ok && n.v < targetRSS, n.ok }
 	rows = append(rows, peak)
 
-	connect := func(vip bool) func(roundResult) (float64, bool) {
+	// Connect latency: p50 per round, median over rounds.
+	p50 := func(samples func(*connectResult) []time.Duration) func(roundResult) (float64, bool) {
 		return func(x roundResult) (float64, bool) {
-			if x.connect == nil {
+			if x.connect == nil || len(samples(x.connect)) == 0 {
 				return 0, false
 			}
-			if vip {
-				return float64(percentile(x.connect.vip, 50)), true
-			}
-			return float64(percentile(x.connect.direct, 50)), true
+			return float64(percentile(samples(x.connect), 50)), true
 		}
 	}
+	diff := func(a, b func(*connectResult) []time.Duration) func(roundResult) (float64, bool) {
+		return func(x roundResult) (float64, bool) {
+			if x.connect == nil || len(a(x.connect)) == 0 || len(b(x.connect)) == 0 {
+				return 0, false
+			}
+			return float64(percentile(a(x.connect), 50) - percentile(b(x.connect), 50)), true
+		}
+	}
+	vip := func(c *connectResult) []time.Duration { return c.vip }
+	direct := func(c *connectResult) []time.Duration { return c.direct }
+	bare := func(c *connectResult) []time.Duration { return c.bare }
 	small := r.smallest()
 	for _, size := range []int{small, big} {
-		rows = append(rows, both(fmt.Sprintf("connect p50 through a ClusterIP, %d Services", size), size, connect(true), fus))
-	}
-	for _, size := range []int{small, big} {
-		x := both(fmt.Sprintf("  the proxy's share: ClusterIP p50 − direct p50, %d Services", size), size,
-			func(x roundResult) (float64, bool) {
-				if x.connect == nil {
-					return 0, false
-				}
-				return float64(percentile(x.connect.vip, 50) - percentile(x.connect.direct, 50)), true
-			}, fus)
-		x.ratio = false
-		rows = append(rows, x)
+		rows = append(rows, both(fmt.Sprintf("connect p50 through a ClusterIP, %d Services", size), size, p50(vip), fus))
 	}
 	growth := func(side string) value {
-		a, b := r.over(side, small, connect(true)), r.over(side, big, connect(true))
+		a, b := r.over(side, small, p50(vip)), r.over(side, big, p50(vip))
 		if !a.ok || !b.ok {
 			return value{}
 		}
@@ -203,10 +201,16 @@ func (r *report) rows() []row {
 		format: func(v float64) string { return fmt.Sprintf("%.2f", v) }, target: fmt.Sprintf("nodenet ≤ %.2f", targetConnectGrowth)}
 	g.pass = func(n, _ value) (bool, bool) { return n.ok && n.v <= targetConnectGrowth, n.ok }
 	rows = append(rows, g)
+	withTables := func(c *connectResult) []time.Duration { return c.withTables }
 	for _, size := range []int{small, big} {
-		x := both(fmt.Sprintf("  floor: connect p50 straight to a backend, %d Services", size), size, connect(false), fus)
-		x.ratio = false
-		rows = append(rows, x)
+		for _, x := range []row{
+			both(fmt.Sprintf("  ClusterIP − direct, %d Services: the Service lookup and DNAT", size), size, diff(vip, direct), fus),
+			both(fmt.Sprintf("  proxy stopped: direct with its tables − without, %d Services: its hooks, for every new connection", size), size, diff(withTables, bare), fus),
+			both(fmt.Sprintf("  floor: direct without any proxy tables, %d Services", size), size, p50(bare), fus),
+		} {
+			x.ratio = false
+			rows = append(rows, x)
+		}
 	}
 	return rows
 }
@@ -226,7 +230,7 @@ func (r *report) mainTable() table {
 		ratio := ""
 		if x.ratio && x.nodenet.ok && x.kubeProxy.ok {
 			q := x.nodenet.v / x.kubeProxy.v
-			ratio = fmt.Sprintf("%.2f", q)
+			ratio = fmt.Sprintf("%.3g", q)
 			if q < 1 {
 				ratio += fmt.Sprintf(" (%.1f× less)", 1/q)
 			}
@@ -253,7 +257,7 @@ func (r *report) isUnavailable(side string) bool {
 
 // roundsTable shows every round, so the spread behind the medians is visible.
 func (r *report) roundsTable() table {
-	t := table{header: []string{"Services", "round", "first", "side", "cold start", "CPU", "RSS", "connect p50 ClusterIP / direct", "change p50", "p99", "CPU/change", "peak RSS"}}
+	t := table{header: []string{"Services", "round", "first", "side", "cold start", "CPU", "RSS", "connect p50: ClusterIP / direct; stopped: with tables / without", "change p50", "p99", "CPU/change", "peak RSS"}}
 	for _, size := range r.sizes {
 		for i := range r.opts.rounds {
 			for _, side := range []string{sideNodenet, sideKubeProxy} {
@@ -268,7 +272,8 @@ func (r *report) roundsTable() table {
 					coldCPU += " (children " + secs(x.cold.stats.childCPU) + ")"
 				}
 				if c := x.connect; c != nil {
-					conn = us(percentile(c.vip, 50)) + " / " + us(percentile(c.direct, 50))
+					conn = fmt.Sprintf("%s / %s; %s / %s", us(percentile(c.vip, 50)), us(percentile(c.direct, 50)),
+						us(percentile(c.withTables, 50)), us(percentile(c.bare, 50)))
 				}
 				if c := x.change; c != nil {
 					p50, p99 = ms(percentile(c.latencies, 50)), ms(percentile(c.latencies, 99))
@@ -379,7 +384,13 @@ func ms(d time.Duration) string {
 }
 
 // us formats a short latency in microseconds.
-func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
+func us(d time.Duration) string {
+	v := math.Round(float64(d) / float64(time.Microsecond))
+	if v == 0 {
+		v = 0 // no "-0"
+	}
+	return fmt.Sprintf("%.0f µs", v)
+}
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
 
