@@ -190,49 +190,14 @@ func (s *Syncer) fragments(keys []ServiceKey) map[ServiceKey]Fragment {
 	return out
 }
 
-// layout places the skeleton and the fragments (keys in order) into
-// their tables.
-func (s *Syncer) layout(keys []ServiceKey, frags map[ServiceKey]Fragment) map[string]Model {
-	main, shard := physicalSkeletons(s.facts)
-	models := map[string]Model{TableName: main}
-	perShard := make([][]Fragment, serviceShards)
-	for _, k := range keys {
-		i := shardOf(k)
-		perShard[i] = append(perShard[i], frags[k])
-	}
-	// Claims are settled across shards, as in Build: the first Service in
-	// key order gets a contested key, whatever its shard.
-	taken := map[elemKey]bool{}
-	for i := range serviceShards {
-		models[shardTable(i)] = Model{Table: shardTable(i), Chains: slices.Clone(shard.Chains),
-			Sets: slices.Clone(shard.Sets), Maps: slices.Clone(shard.Maps)}
-	}
-	winners := map[string][]Fragment{}
-	for _, k := range keys {
-		fr := frags[k]
-		own := shardTable(shardOf(k))
-		winners[own] = append(winners[own], Fragment{Chains: fr.Chains, Sets: fr.Sets})
-		for _, e := range fr.Elements {
-			ek := elemKey{e.Map, e.Key}
-			if !taken[ek] {
-				taken[ek] = true
-				t := elemTable(ek, k)
-				winners[t] = append(winners[t], Fragment{Elements: []Element{e}})
-			}
-		}
-	}
-	for t, frs := range winners {
-		models[t] = assemble(models[t], frs)
-	}
-	return models
-}
-
 // full compares every table with the kernel and sends the differences.
+// It goes table by table, building each shard's fragments only while that
+// shard is compared, so that a cold start at tens of thousands of Services
+// never holds the whole ruleset in memory: a first pass settles the claims
+// (and pair counts) from fragments built and dropped one at a time.
 func (s *Syncer) full() (SyncResult, error) {
 	s.ledger = nil
 	keys := slices.SortedFunc(maps.Keys(s.inputs), compareServiceKeys)
-	frags := s.fragments(keys)
-	models := s.layout(keys, frags)
 	res := SyncResult{Full: true, Services: len(keys)}
 	stale, err := s.app.staleShards()
 	if err != nil {
@@ -242,35 +207,86 @@ func (s *Syncer) full() (SyncResult, error) {
 		return res, err
 	}
 	res.Ops += len(stale)
-	var plans []*Plan
+
+	s.claims = map[elemKey][]ServiceKey{}
+	s.pairs = map[elemKey]int32{}
+	byShard := make([][]ServiceKey, serviceShards)
+	for _, k := range keys {
+		s.count(k, s.fragments([]ServiceKey{k})[k], 1)
+		byShard[shardOf(k)] = append(byShard[shardOf(k)], k)
+	}
+
+	main, shard := physicalSkeletons(s.facts)
+	var pairs []Fragment
+	for ek := range s.pairs {
+		pairs = append(pairs, Fragment{Elements: []Element{{Map: ek.Map, MapElement: MapElement{Key: ek.Key}}}})
+	}
+	ledger := map[string]*Digest{}
+	var pending []*Plan
+	pendingOps := 0
+	send := func() error {
+		n, err := s.app.apply(pending)
+		res.Batches += n
+		pending, pendingOps = nil, 0
+		return err
+	}
 	for _, table := range s.tables() {
+		var m Model
+		if i, ok := shardIndex(table); ok {
+			m = Model{Table: table, Chains: slices.Clone(shard.Chains), Sets: slices.Clone(shard.Sets), Maps: slices.Clone(shard.Maps)}
+			m = assemble(m, s.winning(byShard[i]))
+		} else {
+			m = assemble(main, pairs)
+		}
 		have, err := s.app.readKernel(table)
 		if err != nil {
 			return res, err
 		}
-		p := planDiff(table, have, desiredOf(models[table]))
-		res.Ops += p.Ops()
-		plans = append(plans, p)
-	}
-	res.Batches, err = s.app.apply(plans)
-	if err != nil {
-		if s.rejectBroken(keys, frags) {
-			return s.full()
-		}
-		return res, err
-	}
-	s.ledger = map[string]*Digest{}
-	for t, m := range models {
+		p := planDiff(table, have, desiredOf(m))
 		d := digestOf(m)
-		s.ledger[t] = &d
+		ledger[table] = &d
+		if pendingOps > 0 && pendingOps+p.Ops() > s.app.batchOps {
+			if err := send(); err != nil {
+				return s.failedFull(res, keys, err)
+			}
+		}
+		res.Ops += p.Ops()
+		pending, pendingOps = append(pending, p), pendingOps+p.Ops()
 	}
-	s.claims = map[elemKey][]ServiceKey{}
-	s.pairs = map[elemKey]int32{}
-	for _, k := range keys {
-		s.count(k, frags[k], 1)
+	if err := send(); err != nil {
+		return s.failedFull(res, keys, err)
 	}
+	s.ledger = ledger
 	s.recordGeneration()
 	return res, nil
+}
+
+// winning builds the fragments of one shard's Services (keys in order),
+// keeping the map elements whose claims they won.
+func (s *Syncer) winning(keys []ServiceKey) []Fragment {
+	frags := s.fragments(keys)
+	out := make([]Fragment, 0, len(keys))
+	for _, k := range keys {
+		fr := frags[k]
+		won := fr.Elements[:0:0]
+		for _, e := range fr.Elements {
+			if cl := s.claims[elemKey{e.Map, e.Key}]; !mapDefs[e.Map].Plain && len(cl) > 0 && cl[0] == k {
+				won = append(won, e)
+			}
+		}
+		out = append(out, Fragment{Chains: fr.Chains, Sets: fr.Sets, Elements: won})
+	}
+	return out
+}
+
+// failedFull handles a full sync whose write failed: Services whose rules
+// cannot be expressed are left out and the sync retried without them;
+// otherwise the error stands and the next sync is full again.
+func (s *Syncer) failedFull(res SyncResult, keys []ServiceKey, err error) (SyncResult, error) {
+	if s.rejectBroken(keys) {
+		return s.full()
+	}
+	return res, err
 }
 
 // recordGeneration remembers the nftables generation after a write, for
@@ -415,7 +431,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 	res.Batches, err = s.app.apply(plans)
 	if err != nil {
 		s.ledger = nil
-		if s.rejectBroken(keys, frags) {
+		if s.rejectBroken(keys) {
 			return s.full()
 		}
 		return res, err
@@ -454,10 +470,10 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 // cannot be expressed, and leaves them out until their input changes so
 // that one bad Service does not hold back the others. It reports whether
 // it found any.
-func (s *Syncer) rejectBroken(keys []ServiceKey, frags map[ServiceKey]Fragment) bool {
+func (s *Syncer) rejectBroken(keys []ServiceKey) bool {
 	found := false
 	for _, k := range keys {
-		if err := checkFragment(frags[k]); err != nil {
+		if err := checkFragment(s.fragments([]ServiceKey{k})[k]); err != nil {
 			s.rejected[k] = err
 			s.log.Error("service left out: its rules cannot be written", zap.Stringer("service", k), zap.Error(err))
 			found = true

@@ -6,6 +6,7 @@ package runner
 
 import (
 	"context"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,6 +43,10 @@ type Config struct {
 	Registerer    prometheus.Registerer
 	Log           *zap.Logger
 }
+
+// bigWorld is the number of Services from which a full sync is followed
+// by returning freed memory to the system.
+const bigWorld = 1000
 
 // forceReadEvery makes every so many drift checks read the tables even if
 // the nftables generation says nobody wrote since the last sync.
@@ -162,6 +167,12 @@ func (r *runner) sync() error {
 	if res.Ops > 0 || !r.synced {
 		r.Log.Info("synced", zap.String("mode", mode), zap.Int("services", res.Services), zap.Int("objects", res.Ops),
 			zap.Int("batches", res.Batches), zap.Duration("took", now.Sub(start)))
+	}
+	if res.Full && res.Services >= bigWorld {
+		// A full sync of a large world allocates several times the memory
+		// the proxy keeps afterwards; give it back now rather than over
+		// the next minutes, so the node sees the daemon's real size.
+		debug.FreeOSMemory()
 	}
 	first := !r.synced
 	r.synced = true
