@@ -18,15 +18,15 @@ const MasqueradeMark uint32 = 0x4000
 
 // Names of the fixed chains.
 const (
-	chainNatPrerouting    = "nat-prerouting"
-	chainNatOutput        = "nat-output"
-	chainNatPostrouting   = "nat-postrouting"
-	chainServices         = "services"
-	chainEndpointsCheck   = "service-endpoints-check"
-	chainFirewallCheck    = "firewall-check"
-	chainMarkMasq         = "mark-for-masquerade"
-	chainMasquerading     = "masquerading"
-	chainReject           = "reject-chain"
+	chainNatPrerouting  = "nat-prerouting"
+	chainNatOutput      = "nat-output"
+	chainNatPostrouting = "nat-postrouting"
+	chainServices       = "services"
+	chainEndpointsCheck = "service-endpoints-check"
+	chainFirewallCheck  = "firewall-check"
+	chainMarkMasq       = "mark-for-masquerade"
+	chainMasquerading   = "masquerading"
+	chainReject         = "reject-chain"
 )
 
 // Hook priorities. The firewall and no-endpoint checks run in the nat
