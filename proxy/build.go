@@ -51,6 +51,7 @@ func mapNoEPNodePorts(f Family) string    { return "no-endpoint-nodeports" + fam
 func mapFirewallIPs(f Family) string      { return "firewall-ips" + famSuffix(f) }
 func setNodePortIPs(f Family) string      { return "nodeport-ips" + famSuffix(f) }
 func setHairpin(f Family) string          { return "hairpin" + famSuffix(f) }
+func chainNodePorts(f Family) string      { return "nodeports" + famSuffix(f) }
 
 var (
 	keyAddrProtoPort = []Field{FieldDaddr, FieldL4Proto, FieldDport}
@@ -175,13 +176,13 @@ type builder struct {
 // helper chains, the node-port address sets and the verdict maps, empty.
 func Skeleton(facts Facts) Model {
 	jump := func(c string) Action { return Action{Kind: ActJump, Chain: c} }
-	checksThenServices := []Rule{{Action: jump(chainFirewallCheck)}, {Action: jump(chainEndpointsCheck)}, {Action: jump(chainServices)}}
+	// The NodePort maps sit behind one test per family of whether the
+	// destination is a node address (a fib lookup unless
+	// nodePortAddresses lists them): every new connection of the node
+	// meets every shard's nat chain, and the lookup is the dearest part.
+	dispatch := []Rule{{Action: jump(chainFirewallCheck)}, {Action: jump(chainEndpointsCheck)}}
+	var nodePorts []Chain
 	m := Model{Table: TableName}
-	m.Chains = []Chain{
-		{Name: chainNatPrerouting, Base: &Hook{"nat", "prerouting", prioDstNAT}, Rules: checksThenServices},
-		{Name: chainNatOutput, Base: &Hook{"nat", "output", prioDstNAT}, Rules: checksThenServices},
-		{Name: chainNatPostrouting, Base: &Hook{"nat", "postrouting", prioSrcNAT}, Rules: []Rule{{Action: jump(chainMasquerading)}}},
-	}
 	services := Chain{Name: chainServices}
 	epCheck := Chain{Name: chainEndpointsCheck}
 	fwCheck := Chain{Name: chainFirewallCheck}
@@ -204,8 +205,11 @@ func Skeleton(facts Facts) Model {
 				{Field: FieldDaddr, Family: f, Neg: true, Prefixes: []netip.Prefix{loopback[f]}},
 			}
 		}
-		services.Rules = append(services.Rules, Rule{Matches: local, Action: vmap(mapServiceNodePorts(f), keyProtoPort)})
-		epCheck.Rules = append(epCheck.Rules, Rule{Matches: local, Action: vmap(mapNoEPNodePorts(f), keyProtoPort)})
+		dispatch = append(dispatch, Rule{Matches: local, Action: jump(chainNodePorts(f))})
+		nodePorts = append(nodePorts, Chain{Name: chainNodePorts(f), Rules: []Rule{
+			{Action: vmap(mapNoEPNodePorts(f), keyProtoPort)},
+			{Action: vmap(mapServiceNodePorts(f), keyProtoPort)},
+		}})
 		m.Maps = append(m.Maps,
 			VerdictMap{Name: mapServiceIPs(f), Family: f, Key: keyAddrProtoPort},
 			VerdictMap{Name: mapServiceNodePorts(f), Family: f, Key: keyProtoPort},
@@ -215,6 +219,12 @@ func Skeleton(facts Facts) Model {
 			VerdictMap{Name: setHairpin(f), Family: f, Key: keyAddrPair, Plain: true},
 		)
 	}
+	dispatch = append(dispatch, Rule{Action: jump(chainServices)})
+	m.Chains = []Chain{
+		{Name: chainNatPrerouting, Base: &Hook{"nat", "prerouting", prioDstNAT}, Rules: dispatch},
+		{Name: chainNatOutput, Base: &Hook{"nat", "output", prioDstNAT}, Rules: dispatch},
+		{Name: chainNatPostrouting, Base: &Hook{"nat", "postrouting", prioSrcNAT}, Rules: []Rule{{Action: jump(chainMasquerading)}}},
+	}
 	var masq []Rule
 	for _, f := range families {
 		masq = append(masq, Rule{
@@ -223,7 +233,9 @@ func Skeleton(facts Facts) Model {
 			Comment: "hairpin",
 		})
 	}
-	m.Chains = append(m.Chains, services, epCheck, fwCheck,
+	m.Chains = append(m.Chains, services, epCheck, fwCheck)
+	m.Chains = append(m.Chains, nodePorts...)
+	m.Chains = append(m.Chains,
 		Chain{Name: chainMarkMasq, Rules: []Rule{{Action: Action{Kind: ActSetMark, Mark: MasqueradeMark}}}},
 		Chain{Name: chainMasquerading, Rules: append(masq,
 			Rule{Matches: []Match{{Field: FieldMark, Neg: true, Mark: MasqueradeMark}}, Action: Action{Kind: ActReturn}},
@@ -346,7 +358,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	noExternal := func(mapName string, key MapKey) {
 		switch {
 		case shortCircuit:
-			b.addElem(mapName, MapElement{Key: key, Verdict: Action{Kind: ActGoto, Chain: n.noLocal}, Comment: comment})
+			b.addElem(mapName, MapElement{Key: key, Verdict: Action{Kind: ActJump, Chain: n.noLocal}, Comment: comment})
 		case len(externalEPs) == 0:
 			b.addElem(mapName, MapElement{Key: key, Verdict: noEP, Comment: comment})
 		}
@@ -498,8 +510,9 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 		b.addChain(Chain{Name: n.external, Rules: rules})
 	}
 	if shortCircuit {
-		// Runs before DNAT, from the no-endpoint maps: lets pod and node
-		// sources on to the external chain above, drops the rest.
+		// Runs before DNAT, jumped to from the no-endpoint maps: returns
+		// pod and node sources to the Service lookups (and so to the
+		// external chain above), drops the rest.
 		var rules []Rule
 		if cidrs := prefixesOf(b.facts.ClusterCIDRs, f); len(cidrs) > 0 {
 			rules = append(rules, Rule{Matches: []Match{{Field: FieldSaddr, Family: f, Prefixes: cidrs}}, Action: Action{Kind: ActReturn}, Comment: "pod source"})

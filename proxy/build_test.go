@@ -129,8 +129,8 @@ func TestBuildNames(t *testing.T) {
 		}
 		seen[n] = true
 	}
-	if len(m.Chains) != 12 { // 9 fixed + service, external, endpoint (affinity)
-		t.Errorf("%d chains, want 12", len(m.Chains))
+	if len(m.Chains) != 14 { // 11 fixed + service, external, endpoint (affinity)
+		t.Errorf("%d chains, want 14", len(m.Chains))
 	}
 }
 

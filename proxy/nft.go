@@ -580,7 +580,7 @@ func ownedName(name string) bool {
 	}
 	for _, f := range families {
 		switch name {
-		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f), setHairpin(f):
+		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f), setHairpin(f), chainNodePorts(f):
 			return true
 		}
 	}
