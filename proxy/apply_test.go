@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"net"
@@ -273,22 +272,7 @@ func serve(t *testing.T, n ns.NetNS, addr string) {
 }
 
 // dial connects from n to addr and returns the backend's line.
-func dial(n ns.NetNS, addr string) (string, error) {
-	var line string
-	err := n.Do(func(ns.NetNS) error {
-		c, err := net.DialTimeout("tcp", addr, 3*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		if err := c.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
-			return err
-		}
-		line, err = bufio.NewReader(c).ReadString('\n')
-		return err
-	})
-	return strings.TrimSpace(line), err
-}
+func dial(n ns.NetNS, addr string) (string, error) { return nstest.AskLine(n, addr, 3*time.Second) }
 
 func TestApplyPackets(t *testing.T) {
 	requireRoot(t)

@@ -195,7 +195,7 @@ func TestFromObjects(t *testing.T) {
 		slice("orphan", "", discoveryv1.Endpoint{Addresses: []string{"10.0.3.2"}}),
 	}
 	node := Node{Name: nodeA, Addresses: []netip.Addr{nodeIP}}
-	got := FromObjects(svcs, epSlices, node, []netip.Prefix{pf("10.0.0.0/16")}, false)
+	got := fromObjects(svcs, epSlices, node, []netip.Prefix{pf("10.0.0.0/16")}, false)
 	ports := map[string]int32{"http": 8080, "dns": 1053}
 	want := State{
 		Node:         node,
@@ -220,6 +220,37 @@ func TestFromObjects(t *testing.T) {
 		}},
 	}
 	if diff := cmp.Diff(want, got, modelCmp); diff != "" {
-		t.Errorf("FromObjects (-want +got):\n%s", diff)
+		t.Errorf("fromObjects (-want +got):\n%s", diff)
 	}
+}
+
+// fromObjects converts lists of API objects to a State through InputFromObjects, the way the
+// runner does one Service at a time: headless, ExternalName and Services claimed by another proxy
+// (service.kubernetes.io/service-proxy-name) are skipped; EndpointSlices are
+// merged by their kubernetes.io/service-name label (see InputFromObjects).
+func fromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node Node, clusterCIDRs []netip.Prefix, masqueradeAll bool) State {
+	st := State{
+		Endpoints:     map[ServiceKey][]Endpoint{},
+		Node:          node,
+		ClusterCIDRs:  clusterCIDRs,
+		MasqueradeAll: masqueradeAll,
+	}
+	slicesOf := map[ServiceKey][]*discoveryv1.EndpointSlice{}
+	for _, sl := range eps {
+		if name := sl.Labels[labelServiceName]; name != "" {
+			k := ServiceKey{sl.Namespace, name}
+			slicesOf[k] = append(slicesOf[k], sl)
+		}
+	}
+	for _, svc := range svcs {
+		in, ok := InputFromObjects(svc, slicesOf[ServiceKey{svc.Namespace, svc.Name}])
+		if !ok {
+			continue
+		}
+		st.Services = append(st.Services, in.Service)
+		if len(in.Endpoints) > 0 {
+			st.Endpoints[in.Service.Key()] = in.Endpoints
+		}
+	}
+	return st
 }

@@ -88,37 +88,6 @@ const (
 	labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 )
 
-// FromObjects converts API objects to proxy input the way kube-proxy reads
-// them: headless, ExternalName and Services claimed by another proxy
-// (service.kubernetes.io/service-proxy-name) are skipped; EndpointSlices are
-// merged by their kubernetes.io/service-name label (see InputFromObjects).
-func FromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node Node, clusterCIDRs []netip.Prefix, masqueradeAll bool) State {
-	st := State{
-		Endpoints:     map[ServiceKey][]Endpoint{},
-		Node:          node,
-		ClusterCIDRs:  clusterCIDRs,
-		MasqueradeAll: masqueradeAll,
-	}
-	slicesOf := map[ServiceKey][]*discoveryv1.EndpointSlice{}
-	for _, sl := range eps {
-		if name := sl.Labels[labelServiceName]; name != "" {
-			k := ServiceKey{sl.Namespace, name}
-			slicesOf[k] = append(slicesOf[k], sl)
-		}
-	}
-	for _, svc := range svcs {
-		in, ok := InputFromObjects(svc, slicesOf[ServiceKey{svc.Namespace, svc.Name}])
-		if !ok {
-			continue
-		}
-		st.Services = append(st.Services, in.Service)
-		if len(in.Endpoints) > 0 {
-			st.Endpoints[in.Service.Key()] = in.Endpoints
-		}
-	}
-	return st
-}
-
 // InputFromObjects converts one Service and its EndpointSlices. It reports
 // false for Services the proxy does not handle. Endpoints are deduplicated
 // by address across slices (the same address may sit in two slices while

@@ -1,7 +1,6 @@
 package routing
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/netip"
@@ -163,23 +162,11 @@ func (s *server) port() string {
 
 // peerSeen connects from inside n to addr and returns the source address the server saw.
 func peerSeen(n ns.NetNS, addr string) (netip.Addr, error) {
-	var line string
-	err := n.Do(func(ns.NetNS) error {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
-			return err
-		}
-		line, err = bufio.NewReader(c).ReadString('\n')
-		return err
-	})
+	line, err := nstest.AskLine(n, addr, 5*time.Second)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("connect to %s: %w", addr, err)
 	}
-	ap, err := netip.ParseAddrPort(strings.TrimSpace(line))
+	ap, err := netip.ParseAddrPort(line)
 	if err != nil {
 		return netip.Addr{}, err
 	}

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/nodenet/nodenet/bench/internal/summary"
 	"io"
 	"os"
 	"os/signal"
@@ -150,9 +151,9 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 			}
 			rep.results[s.name] = append(rep.results[s.name], res)
 			logf("  seq ADD p50 %s p99 %s | seq DEL p50 %s p99 %s | %d conc ADD %s, DEL %s",
-				ms(percentile(res.seqAdd, 50)), ms(percentile(res.seqAdd, 99)),
-				ms(percentile(res.seqDel, 50)), ms(percentile(res.seqDel, 99)),
-				opts.pods, ms(res.concAdd), ms(res.concDel))
+				summary.Millis(summary.Percentile(res.seqAdd, 50)), summary.Millis(summary.Percentile(res.seqAdd, 99)),
+				summary.Millis(summary.Percentile(res.seqDel, 50)), summary.Millis(summary.Percentile(res.seqDel, 99)),
+				opts.pods, summary.Millis(res.concAdd), summary.Millis(res.concDel))
 			if !s.daemon {
 				continue
 			}
@@ -161,7 +162,7 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 				return err
 			}
 			rep.memory = append(rep.memory, m)
-			logf("  daemon with %d pods: VmRSS %s (anon %s, file %s), VmHWM %s", opts.rssPods, mib(m.rss), mib(m.anon), mib(m.file), mib(m.hwm))
+			logf("  daemon with %d pods: VmRSS %s (anon %s, file %s), VmHWM %s", opts.rssPods, summary.MiB(m.rss), summary.MiB(m.anon), summary.MiB(m.file), summary.MiB(m.hwm))
 		}
 	}
 	rep.finished = time.Now().UTC()

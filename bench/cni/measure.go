@@ -4,10 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
+	"github.com/nodenet/nodenet/bench/internal/summary"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -160,7 +159,7 @@ func (s *side) execFloor(ctx context.Context, samples int) (floor, error) {
 		}
 		inNetns = append(inNetns, d)
 	}
-	f := floor{direct: percentile(direct, 50), trueInNetns: percentile(inNetns, 50), plugins: map[string]time.Duration{}}
+	f := floor{direct: summary.Percentile(direct, 50), trueInNetns: summary.Percentile(inNetns, 50), plugins: map[string]time.Duration{}}
 	for _, bin := range s.plugins {
 		took := make([]time.Duration, 0, samples)
 		for range samples {
@@ -170,31 +169,7 @@ func (s *side) execFloor(ctx context.Context, samples int) (floor, error) {
 			}
 			took = append(took, d)
 		}
-		f.plugins[filepath.Base(bin)] = percentile(took, 50)
+		f.plugins[filepath.Base(bin)] = summary.Percentile(took, 50)
 	}
 	return f, nil
-}
-
-// percentile is the nearest-rank percentile p (0 < p ≤ 100) of ds.
-func percentile(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	rank := int(math.Ceil(float64(len(s)) * p / 100))
-	return s[min(max(rank, 1), len(s))-1]
-}
-
-// median is the middle of xs (the mean of the two middle values for an even count).
-func median(xs []time.Duration) time.Duration {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

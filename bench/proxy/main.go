@@ -24,6 +24,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/nodenet/nodenet/bench/internal/summary"
 	"io"
 	"math/rand/v2"
 	"net/netip"
@@ -283,14 +284,14 @@ type roundResult struct {
 }
 
 func (r roundResult) summary() string {
-	s := fmt.Sprintf("cold start %s (CPU %s, RSS %s)", ms(r.cold.took), secs(r.cold.stats.cpu), mib(r.cold.stats.rss))
+	s := fmt.Sprintf("cold start %s (CPU %s, RSS %s)", summary.Millis(r.cold.took), secs(r.cold.stats.cpu), summary.MiB(r.cold.stats.rss))
 	if c := r.connect; c != nil {
-		s += fmt.Sprintf(" | connect p50 via ClusterIP %s, direct %s", us(percentile(c.vip, 50)), us(percentile(c.direct, 50)))
+		s += fmt.Sprintf(" | connect p50 via ClusterIP %s, direct %s", us(summary.Percentile(c.vip, 50)), us(summary.Percentile(c.direct, 50)))
 	}
 	if c := r.change; c != nil {
-		s += fmt.Sprintf(" | change p50 %s p99 %s (CPU %s)", ms(percentile(c.latencies, 50)), ms(percentile(c.latencies, 99)), secs(c.cpu))
+		s += fmt.Sprintf(" | change p50 %s p99 %s (CPU %s)", summary.Millis(summary.Percentile(c.latencies, 50)), summary.Millis(summary.Percentile(c.latencies, 99)), secs(c.cpu))
 	}
-	return s + fmt.Sprintf(" | peak RSS %s", mib(r.peakRSS))
+	return s + fmt.Sprintf(" | peak RSS %s", summary.MiB(r.peakRSS))
 }
 
 // round starts the side from cold and measures what the size calls for; the process is stopped

@@ -2,14 +2,12 @@ package main
 
 import (
 	"fmt"
+	"github.com/nodenet/nodenet/bench/internal/summary"
 	"io"
 	"math"
 	"os"
-	"runtime"
-	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 )
 
@@ -62,7 +60,7 @@ func (r *report) over(side string, size int, f func(roundResult) (float64, bool)
 	if len(xs) == 0 {
 		return value{}
 	}
-	return value{median(xs), true}
+	return value{summary.Median(xs), true}
 }
 
 // pooled applies f to every round's samples at size together.
@@ -105,9 +103,9 @@ func (r *report) rows() []row {
 	both := func(label string, size int, f func(roundResult) (float64, bool), format func(float64) string) row {
 		return row{label: label, nodenet: r.over(sideNodenet, size, f), kubeProxy: r.over(sideKubeProxy, size, f), format: format, ratio: true}
 	}
-	fdur := func(v float64) string { return ms(time.Duration(v)) }
+	fdur := func(v float64) string { return summary.Millis(time.Duration(v)) }
 	fsecs := func(v float64) string { return secs(time.Duration(v)) }
-	fmib := func(v float64) string { return mib(int64(v)) }
+	fmib := func(v float64) string { return summary.MiB(int64(v)) }
 	fus := func(v float64) string { return us(time.Duration(v)) }
 
 	var rows []row
@@ -125,12 +123,12 @@ func (r *report) rows() []row {
 		return x.change.latencies
 	}
 	for _, p := range []float64{50, 99} {
-		pct := func(ds []time.Duration) float64 { return float64(percentile(ds, p)) }
+		pct := func(ds []time.Duration) float64 { return float64(summary.Percentile(ds, p)) }
 		x := row{label: fmt.Sprintf("endpoint change at %d Services, p%.0f (all rounds)", big, p),
 			nodenet: r.pooled(sideNodenet, big, changes, pct), kubeProxy: r.pooled(sideKubeProxy, big, changes, pct),
 			format: fdur, ratio: true, target: fmt.Sprintf("≤ %.2f", targetRatio), pass: ratioAtMost(targetRatio)}
 		if p == 99 {
-			x.target = fmt.Sprintf("≤ %.2f, nodenet < %s", targetRatio, ms(targetChangeP99))
+			x.target = fmt.Sprintf("≤ %.2f, nodenet < %s", targetRatio, summary.Millis(targetChangeP99))
 			x.pass = func(n, k value) (bool, bool) {
 				ok, known := ratioAtMost(targetRatio)(n, k)
 				return ok && n.v < float64(targetChangeP99), known
@@ -162,7 +160,7 @@ func (r *report) rows() []row {
 	}
 	peak := both(fmt.Sprintf("peak RSS over a round at %d Services (VmHWM and sampled VmRSS)", big), big,
 		func(x roundResult) (float64, bool) { return float64(x.peakRSS), true }, fmib)
-	peak.target = "nodenet < " + mib(targetRSS)
+	peak.target = "nodenet < " + summary.MiB(targetRSS)
 	peak.pass = func(n, _ value) (bool, bool) { return n.ok && n.v < targetRSS, n.ok }
 	rows = append(rows, peak)
 
@@ -172,7 +170,7 @@ func (r *report) rows() []row {
 			if x.connect == nil || len(samples(x.connect)) == 0 {
 				return 0, false
 			}
-			return float64(percentile(samples(x.connect), 50)), true
+			return float64(summary.Percentile(samples(x.connect), 50)), true
 		}
 	}
 	diff := func(a, b func(*connectResult) []time.Duration) func(roundResult) (float64, bool) {
@@ -180,7 +178,7 @@ func (r *report) rows() []row {
 			if x.connect == nil || len(a(x.connect)) == 0 || len(b(x.connect)) == 0 {
 				return 0, false
 			}
-			return float64(percentile(a(x.connect), 50) - percentile(b(x.connect), 50)), true
+			return float64(summary.Percentile(a(x.connect), 50) - summary.Percentile(b(x.connect), 50)), true
 		}
 	}
 	vip := func(c *connectResult) []time.Duration { return c.vip }
@@ -215,8 +213,8 @@ func (r *report) rows() []row {
 	return rows
 }
 
-func (r *report) mainTable() table {
-	t := table{header: []string{"figure (median of rounds)", "nodenet", "kube-proxy", "nodenet/kube-proxy", "target", "result"}}
+func (r *report) mainTable() summary.Table {
+	t := summary.Table{Header: []string{"figure (median of rounds)", "nodenet", "kube-proxy", "nodenet/kube-proxy", "target", "result"}}
 	cell := func(side string, v value, format func(float64) string) string {
 		switch {
 		case v.ok:
@@ -238,10 +236,10 @@ func (r *report) mainTable() table {
 		result := ""
 		if x.pass != nil {
 			if ok, known := x.pass(x.nodenet, x.kubeProxy); known {
-				result = verdict(ok)
+				result = summary.Verdict(ok)
 			}
 		}
-		t.rows = append(t.rows, []string{x.label, cell(sideNodenet, x.nodenet, x.format), cell(sideKubeProxy, x.kubeProxy, x.format), ratio, x.target, result})
+		t.Rows = append(t.Rows, []string{x.label, cell(sideNodenet, x.nodenet, x.format), cell(sideKubeProxy, x.kubeProxy, x.format), ratio, x.target, result})
 	}
 	return t
 }
@@ -256,8 +254,8 @@ func (r *report) isUnavailable(side string) bool {
 }
 
 // roundsTable shows every round, so the spread behind the medians is visible.
-func (r *report) roundsTable() table {
-	t := table{header: []string{"Services", "round", "first", "side", "cold start", "CPU", "RSS", "connect p50: ClusterIP / direct; stopped: with tables / without", "change p50", "p99", "CPU/change", "peak RSS"}}
+func (r *report) roundsTable() summary.Table {
+	t := summary.Table{Header: []string{"Services", "round", "first", "side", "cold start", "CPU", "RSS", "connect p50: ClusterIP / direct; stopped: with tables / without", "change p50", "p99", "CPU/change", "peak RSS"}}
 	for _, size := range r.sizes {
 		for i := range r.opts.rounds {
 			for _, side := range []string{sideNodenet, sideKubeProxy} {
@@ -272,18 +270,18 @@ func (r *report) roundsTable() table {
 					coldCPU += " (children " + secs(x.cold.stats.childCPU) + ")"
 				}
 				if c := x.connect; c != nil {
-					conn = fmt.Sprintf("%s / %s; %s / %s", us(percentile(c.vip, 50)), us(percentile(c.direct, 50)),
-						us(percentile(c.withTables, 50)), us(percentile(c.bare, 50)))
+					conn = fmt.Sprintf("%s / %s; %s / %s", us(summary.Percentile(c.vip, 50)), us(summary.Percentile(c.direct, 50)),
+						us(summary.Percentile(c.withTables, 50)), us(summary.Percentile(c.bare, 50)))
 				}
 				if c := x.change; c != nil {
-					p50, p99 = ms(percentile(c.latencies, 50)), ms(percentile(c.latencies, 99))
-					cpu = ms(c.cpu / time.Duration(len(c.latencies)))
+					p50, p99 = summary.Millis(summary.Percentile(c.latencies, 50)), summary.Millis(summary.Percentile(c.latencies, 99))
+					cpu = summary.Millis(c.cpu / time.Duration(len(c.latencies)))
 					if c.childCPU > 0 {
-						cpu += " (children " + ms(c.childCPU/time.Duration(len(c.latencies))) + ")"
+						cpu += " (children " + summary.Millis(c.childCPU/time.Duration(len(c.latencies))) + ")"
 					}
 				}
-				t.rows = append(t.rows, []string{strconv.Itoa(size), strconv.Itoa(i + 1), x.first, side,
-					ms(x.cold.took), coldCPU, mib(x.cold.stats.rss), conn, p50, p99, cpu, mib(x.peakRSS)})
+				t.Rows = append(t.Rows, []string{strconv.Itoa(size), strconv.Itoa(i + 1), x.first, side,
+					summary.Millis(x.cold.took), coldCPU, summary.MiB(x.cold.stats.rss), conn, p50, p99, cpu, summary.MiB(x.peakRSS)})
 			}
 		}
 	}
@@ -295,15 +293,15 @@ func (r *report) write(w io.Writer) {
 	title := fmt.Sprintf("nodenet proxy vs kube-proxy %s --proxy-mode=nftables, %s Services × %d endpoints, %d rounds",
 		r.kubeProxyVersion, joinInts(r.sizes), endpointsPerService, r.opts.rounds)
 	fmt.Fprintf(w, "\n%s\n\n", title)
-	main.text(w)
+	main.Text(w)
 	fmt.Fprintln(w)
-	rounds.text(w)
+	rounds.Text(w)
 	r.notes(w)
 
 	fmt.Fprint(w, "\n---- markdown ----\n\n")
 	fmt.Fprintf(w, "### Service proxy benchmark: %s\n\n", title)
 	fmt.Fprintf(w, "- date: %s (run took %s)\n", r.started.Format(time.RFC3339), r.finished.Sub(r.started).Round(time.Second))
-	fmt.Fprintf(w, "- machine: %s\n", machine())
+	fmt.Fprintf(w, "- machine: %s\n", summary.Machine())
 	fmt.Fprintf(w, "- code measured: %s\n", r.code)
 	fmt.Fprintf(w, "- command: `go run ./bench/proxy %s`\n", strings.Join(os.Args[1:], " "))
 	var created []string
@@ -313,9 +311,9 @@ func (r *report) write(w io.Writer) {
 	fmt.Fprintf(w, "- Services created (cumulative sizes, each with its EndpointSlice): %s\n", strings.Join(created, ", "))
 	fmt.Fprintf(w, "- %d changes per round at %d Services, %s apart; %d connects per round and target\n\n",
 		r.opts.changes, r.largest(), r.opts.changeGap, r.opts.connects)
-	main.markdown(w)
+	main.Markdown(w)
 	fmt.Fprintln(w)
-	rounds.markdown(w)
+	rounds.Markdown(w)
 	r.notes(w)
 }
 
@@ -333,56 +331,6 @@ func joinInts(xs []int) string {
 	return strings.Join(s, "/")
 }
 
-func machine() string {
-	kernel := "unknown"
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		kernel = strings.TrimSpace(string(b))
-	}
-	load := ""
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		load = ", load average at the end " + strings.Join(strings.Fields(string(b))[:3], " ")
-	}
-	return fmt.Sprintf("%d CPUs, Linux %s, %s %s/%s%s", runtime.NumCPU(), kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH, load)
-}
-
-// table renders the same rows as aligned text and as markdown.
-type table struct {
-	header []string
-	rows   [][]string
-}
-
-func (t table) text(w io.Writer) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	for _, row := range append([][]string{t.header}, t.rows...) {
-		fmt.Fprintln(tw, strings.Join(row, "\t"))
-	}
-	tw.Flush()
-}
-
-func (t table) markdown(w io.Writer) {
-	line := func(cells []string) { fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | ")) }
-	line(t.header)
-	line(slices.Repeat([]string{"---"}, len(t.header)))
-	for _, row := range t.rows {
-		line(row)
-	}
-}
-
-func verdict(ok bool) string {
-	if ok {
-		return "PASS"
-	}
-	return "MISS"
-}
-
-// ms formats a duration in milliseconds below a second and in seconds above.
-func ms(d time.Duration) string {
-	if d >= time.Second {
-		return fmt.Sprintf("%.2f s", d.Seconds())
-	}
-	return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
-}
-
 // us formats a short latency in microseconds.
 func us(d time.Duration) string {
 	v := math.Round(float64(d) / float64(time.Microsecond))
@@ -393,5 +341,3 @@ func us(d time.Duration) string {
 }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
-
-func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -128,11 +127,11 @@ func (k *kubeProxy) Exited() (bool, string) {
 	done := k.done
 	k.mu.Unlock()
 	if done == nil {
-		return true, tail(k.log, 20)
+		return true, lab.Tail(k.log, 20)
 	}
 	select {
 	case <-done:
-		return true, tail(k.log, 20)
+		return true, lab.Tail(k.log, 20)
 	default:
 		return false, ""
 	}
@@ -297,16 +296,4 @@ func (s *side) keepLog(dir string) (string, error) {
 	}
 	path := filepath.Join(dir, fmt.Sprintf("%s-%d.log", s.name, os.Getpid()))
 	return path, os.WriteFile(path, data, 0o644)
-}
-
-func tail(path string, lines int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	all := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
 }

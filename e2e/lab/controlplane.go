@@ -89,14 +89,14 @@ func (cp *ControlPlane) waitFor(ctx context.Context, name string, timeout time.D
 	var last error
 	for {
 		if p := cp.procs[name]; p != nil && p.exited() {
-			return fmt.Errorf("%s exited; log %s:\n%s", name, p.log, tail(p.log, 20))
+			return fmt.Errorf("%s exited; log %s:\n%s", name, p.log, Tail(p.log, 20))
 		}
 		if last = check(ctx); last == nil {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s not ready after %v: %v; log tail:\n%s", name, timeout, last, tail(filepath.Join(cp.Dir, name+".log"), 20))
+			return fmt.Errorf("%s not ready after %v: %v; log tail:\n%s", name, timeout, last, Tail(filepath.Join(cp.Dir, name+".log"), 20))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -229,7 +229,8 @@ func httpOK(ctx context.Context, client *http.Client, url string) error {
 	return nil
 }
 
-func tail(path string, lines int) string {
+// Tail returns the last lines of a log file, or the error that kept it from being read.
+func Tail(path string, lines int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()

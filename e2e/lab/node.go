@@ -227,4 +227,4 @@ func (n *Node) WaitReady(ctx context.Context) error {
 }
 
 // LogTail returns the last lines of the daemon's log.
-func (n *Node) LogTail(lines int) string { return tail(n.LogPath, lines) }
+func (n *Node) LogTail(lines int) string { return Tail(n.LogPath, lines) }

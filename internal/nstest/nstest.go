@@ -3,12 +3,15 @@
 package nstest
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -114,4 +117,23 @@ func Serve(t *testing.T, n ns.NetNS, addr string, reply func(net.Conn) string) n
 		wg.Wait()
 	})
 	return ln
+}
+
+// AskLine connects from inside n to a server started by Serve and returns the line it answered,
+// trimmed; timeout bounds the connect and the read.
+func AskLine(n ns.NetNS, addr string, timeout time.Duration) (string, error) {
+	var line string
+	err := n.Do(func(ns.NetNS) error {
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+			return err
+		}
+		line, err = bufio.NewReader(c).ReadString('\n')
+		return err
+	})
+	return strings.TrimSpace(line), err
 }
