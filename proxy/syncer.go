@@ -180,14 +180,18 @@ func compareServiceKeys(a, b ServiceKey) int {
 func (s *Syncer) fragments(keys []ServiceKey) map[ServiceKey]Fragment {
 	out := make(map[ServiceKey]Fragment, len(keys))
 	for _, k := range keys {
-		in, ok := s.inputs[k]
-		if !ok || s.rejected[k] != nil {
-			out[k] = Fragment{}
-			continue
-		}
-		out[k] = BuildService(s.facts, in.Service, in.Endpoints)
+		out[k] = s.fragment(k)
 	}
 	return out
+}
+
+// fragment builds one Service's fragment; a gone or rejected Service has none.
+func (s *Syncer) fragment(k ServiceKey) Fragment {
+	in, ok := s.inputs[k]
+	if !ok || s.rejected[k] != nil {
+		return Fragment{}
+	}
+	return BuildService(s.facts, in.Service, in.Endpoints)
 }
 
 // full compares every table with the kernel and sends the differences.
@@ -212,7 +216,7 @@ func (s *Syncer) full() (SyncResult, error) {
 	s.pairs = map[elemKey]int32{}
 	byShard := make([][]ServiceKey, serviceShards)
 	for _, k := range keys {
-		s.count(k, s.fragments([]ServiceKey{k})[k], 1)
+		s.count(k, s.fragment(k), 1)
 		byShard[shardOf(k)] = append(byShard[shardOf(k)], k)
 	}
 
@@ -329,8 +333,7 @@ func (s *Syncer) count(k ServiceKey, fr Fragment, n int32) {
 func (s *Syncer) element(k ServiceKey, ek elemKey, frags map[ServiceKey]Fragment) (MapElement, bool) {
 	fr, ok := frags[k]
 	if !ok {
-		in := s.inputs[k]
-		fr = BuildService(s.facts, in.Service, in.Endpoints)
+		fr = s.fragment(k)
 	}
 	for _, e := range fr.Elements {
 		if e.Map == ek.Map && e.Key == ek.Key {
@@ -473,7 +476,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 func (s *Syncer) rejectBroken(keys []ServiceKey) bool {
 	found := false
 	for _, k := range keys {
-		if err := checkFragment(s.fragments([]ServiceKey{k})[k]); err != nil {
+		if err := checkFragment(s.fragment(k)); err != nil {
 			s.rejected[k] = err
 			s.log.Error("service left out: its rules cannot be written", zap.Stringer("service", k), zap.Error(err))
 			found = true
