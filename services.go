@@ -52,7 +52,7 @@ func (d *daemon) startProxy(ctx context.Context, bg *errgroup.Group, h *hub.Hub,
 		return nil, fmt.Errorf("open conntrack: %w", err)
 	}
 	health := healthcheck.New(d.log, nodePortAddrs, healthcheck.WithRegisterer(reg))
-	syncer := proxy.NewSyncer(proxy.NewApplier(nodeNS, d.log), proxy.Facts{Node: proxy.Node{Name: d.cfg.NodeName}}, d.log)
+	syncer := proxy.NewSyncer(proxy.NewApplier(nodeNS), proxy.Facts{Node: proxy.Node{Name: d.cfg.NodeName}}, d.log)
 	bg.Go(func() error {
 		return runner.Run(ctx, runner.Config{Hub: h, Syncer: syncer, Health: health, Conntrack: ct, Facts: facts,
 			DriftInterval: driftInterval, Registerer: reg, Log: d.log})

@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,13 +27,12 @@ const maxBatchOps = 10000
 type Applier struct {
 	netnsFD  int // 0: the calling thread's namespace
 	batchOps int
-	log      *zap.Logger
 }
 
 // NewApplier returns an Applier writing into the network namespace open as
 // netnsFD (0 for the current one).
-func NewApplier(netnsFD int, log *zap.Logger) *Applier {
-	return &Applier{netnsFD: netnsFD, batchOps: maxBatchOps, log: log.Named("proxy")}
+func NewApplier(netnsFD int) *Applier {
+	return &Applier{netnsFD: netnsFD, batchOps: maxBatchOps}
 }
 
 // newConn returns a connection that opens its socket only when flushed: a

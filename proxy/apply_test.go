@@ -16,7 +16,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/nodenet/nodenet/internal/nstest"
 )
@@ -109,7 +108,7 @@ func TestApplyKernel(t *testing.T) {
 	addPodMasquerade(t, conn)
 
 	m := Build(kernelState())
-	app := NewApplier(int(node.Fd()), zaptest.NewLogger(t))
+	app := NewApplier(int(node.Fd()))
 	if err := app.Apply(m); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -180,7 +179,7 @@ func TestApplyKernel(t *testing.T) {
 
 	// A second Apply, through a new Applier as after a restart, leaves the
 	// same ruleset.
-	if err := NewApplier(int(node.Fd()), zaptest.NewLogger(t)).Apply(m); err != nil {
+	if err := NewApplier(int(node.Fd())).Apply(m); err != nil {
 		t.Fatalf("second Apply: %v", err)
 	}
 	if again := nftList(t, node); again != text {
@@ -279,7 +278,7 @@ func TestApplyPackets(t *testing.T) {
 	tp := newTopology(t)
 	conn := nftConn(t, tp.node)
 	addPodMasquerade(t, conn)
-	if err := NewApplier(int(tp.node.Fd()), zaptest.NewLogger(t)).Apply(Build(kernelState())); err != nil {
+	if err := NewApplier(int(tp.node.Fd())).Apply(Build(kernelState())); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
 	serve(t, tp.pod1, pod1+":8080")

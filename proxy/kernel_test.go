@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"go.uber.org/zap/zaptest"
 )
 
 // What the kernel holds after an Apply reads back as the model's digest,
@@ -15,7 +14,7 @@ func TestReadKernelMatchesModel(t *testing.T) {
 	addPodMasquerade(t, nftConn(t, node))
 	for name, st := range map[string]State{"small": smallState(), "trace": traceState(), "kernel": kernelState()} {
 		t.Run(name, func(t *testing.T) {
-			app := NewApplier(int(node.Fd()), zaptest.NewLogger(t))
+			app := NewApplier(int(node.Fd()))
 			m := Build(st)
 			if err := app.Apply(m); err != nil {
 				t.Fatalf("Apply: %v", err)

@@ -33,7 +33,7 @@ func syncerFacts() Facts {
 }
 
 func newTestSyncer(t *testing.T, node ns.NetNS) *Syncer {
-	return NewSyncer(NewApplier(int(node.Fd()), zaptest.NewLogger(t)), syncerFacts(), zaptest.NewLogger(t))
+	return NewSyncer(NewApplier(int(node.Fd())), syncerFacts(), zaptest.NewLogger(t))
 }
 
 func mustSync(t *testing.T, s *Syncer, changed map[ServiceKey]*ServiceInput) SyncResult {

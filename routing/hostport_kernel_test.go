@@ -491,7 +491,7 @@ func TestHostPortSharesTableWithProxy(t *testing.T) {
 	}
 	before := hostPortObjects()
 
-	app := proxy.NewApplier(int(lab.nd.ns.Fd()), zaptest.NewLogger(t))
+	app := proxy.NewApplier(int(lab.nd.ns.Fd()))
 	svc := proxy.Service{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 		Ports: []proxy.ServicePort{{Name: "http", Protocol: proxy.TCP, Port: 80, NodePort: 30080}}}
 	st := proxy.State{

@@ -114,7 +114,7 @@ func TestRunnerFollowsChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	syncer := proxy.NewSyncer(proxy.NewApplier(int(node.Fd()), zaptest.NewLogger(t)), proxy.Facts{}, zaptest.NewLogger(t))
+	syncer := proxy.NewSyncer(proxy.NewApplier(int(node.Fd())), proxy.Facts{}, zaptest.NewLogger(t))
 	health, ct := &fakeHealth{}, &fakeConntrack{}
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
