@@ -305,7 +305,7 @@ func namesFor(svc Service, p ServicePort, f Family) portNames {
 type backend struct {
 	addr  netip.Addr
 	port  int32
-	chain string
+	chain string // with affinity only
 	set   string // affinity set, "" without affinity
 }
 
@@ -393,12 +393,13 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	mk := func(eps []Endpoint) []backend {
 		var out []backend
 		for _, ep := range eps {
-			epPort := ep.Ports[p.Name]
-			tail := fmt.Sprintf("%s__%s", comment, netip.AddrPortFrom(ep.Addr, uint16(epPort)))
-			h := shortHash(famSuffix(f), tail)
-			be := backend{addr: ep.Addr, port: epPort, chain: "endpoint-" + h + "-" + tail}
+			be := backend{addr: ep.Addr, port: ep.Ports[p.Name]}
 			if affinity {
-				be.set = "affinity-" + h + "-" + tail
+				// Only affinity needs a chain and a set per backend; naming
+				// them hashes, which is most of a large Service's build.
+				tail := comment + "__" + netip.AddrPortFrom(ep.Addr, uint16(be.port)).String()
+				h := shortHash(famSuffix(f), tail)
+				be.chain, be.set = "endpoint-"+h+"-"+tail, "affinity-"+h+"-"+tail
 			}
 			out = append(out, be)
 		}
