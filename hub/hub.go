@@ -43,7 +43,7 @@ type Hub struct {
 
 	services       corelisters.ServiceLister
 	slices         cache.Indexer // EndpointSlices, indexed byService
-	servicesSynced []cache.InformerSynced
+	servicesSynced []cache.DoneChecker
 
 	mu            sync.Mutex
 	subscribers   []chan struct{}
@@ -121,12 +121,7 @@ func (h *Hub) Run(ctx context.Context) error {
 			h.poke()
 		}
 	})
-	wg.Go(func() {
-		if cache.WaitForCacheSync(ctx.Done(), h.servicesSynced...) {
-			h.log.Info("service and endpointslice caches synced")
-			h.markWorld()
-		}
-	})
+	wg.Go(func() { h.waitForServices(ctx) })
 	<-ctx.Done()
 	return nil
 }

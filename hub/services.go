@@ -2,6 +2,7 @@ package hub
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -60,8 +61,24 @@ func (h *Hub) addServiceInformers(factory informers.SharedInformerFactory) error
 	h.slices = sliceInformer.GetIndexer()
 	// The registrations, not the informers: they also wait until the handlers have seen the
 	// initial list, so the full-world mark that follows comes after every initial event.
-	h.servicesSynced = []cache.InformerSynced{svcReg.HasSynced, sliceReg.HasSynced}
+	h.servicesSynced = []cache.DoneChecker{svcReg.HasSyncedChecker(), sliceReg.HasSyncedChecker()}
 	return nil
+}
+
+// waitForServices marks the full world in every subscription once the Service and EndpointSlice
+// caches have synced. It waits on the registrations' channels rather than polling them, as
+// cache.WaitForCacheSync does every 100 ms: that poll would be most of a small cluster's cold
+// start. A shutdown before the caches filled is not a failure.
+func (h *Hub) waitForServices(ctx context.Context) {
+	for _, c := range h.servicesSynced {
+		select {
+		case <-c.Done():
+		case <-ctx.Done():
+			return
+		}
+	}
+	h.log.Info("service and endpointslice caches synced")
+	h.markWorld()
 }
 
 func serviceKeyOf(o metav1.Object) (ServiceKey, bool) {
