@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -29,6 +30,11 @@ func newKubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kubeconfig %q: %w", kubeconfig, err)
 	}
 	rc.UserAgent = "nodenet/" + version
+	// Protobuf, as kube-proxy and the kubelet use: a node lists every Service and EndpointSlice
+	// of the cluster at start, and decoding JSON costs several times the CPU and transient
+	// memory. Patches keep their own JSON content types.
+	rc.ContentType = runtime.ContentTypeProtobuf
+	rc.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	return kubernetes.NewForConfig(rc)
 }
 
