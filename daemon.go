@@ -14,7 +14,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
@@ -53,7 +52,7 @@ func (d *daemon) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.serveHTTP(ctx, d.cfg.Health.Address, d.healthHandler()) })
 	g.Go(func() error {
-		return d.serveHTTP(ctx, d.cfg.Metrics.Address, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		return d.serveHTTP(ctx, d.cfg.Metrics.Address, metricsHandler(reg))
 	})
 	g.Go(func() error { return d.runNetwork(ctx, reg) })
 	err := g.Wait()

@@ -24,7 +24,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/nodenet/nodenet/bench/internal/summary"
 	"io"
 	"math/rand/v2"
 	"net/netip"
@@ -41,14 +40,16 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/nodenet/nodenet/bench/internal/summary"
 	"github.com/nodenet/nodenet/e2e/lab"
 )
 
 type options struct {
-	bin        string // directory holding nodenet and nodenet-cni
-	clusterBin string // directory holding kube-apiserver, kube-proxy, ...; "" runs hack/cluster-bins.sh
-	deploy     string // nodenet's deploy/ manifests (RBAC for the daemon)
-	logs       string // where the proxies' logs are copied at the end; "" keeps only failing ones (in $TMPDIR)
+	bin        string   // directory holding nodenet and nodenet-cni
+	clusterBin string   // directory holding kube-apiserver, kube-proxy, ...; "" runs hack/cluster-bins.sh
+	deploy     string   // nodenet's deploy/ manifests (RBAC for the daemon)
+	logs       string   // where the proxies' logs are copied at the end; "" keeps only failing ones (in $TMPDIR)
+	profiles   profiler // nodenet's CPU and heap profiles per cold start; dir "" takes none
 	sides      []string
 
 	rounds          int
@@ -71,6 +72,8 @@ func benchMain() int {
 	flag.StringVar(&opts.clusterBin, "cluster-bin", "", `directory holding etcd, kube-apiserver, kube-controller-manager, kubectl and kube-proxy ("": run hack/cluster-bins.sh)`)
 	flag.StringVar(&opts.deploy, "deploy", "deploy", "nodenet's deploy/ directory (rbac.yaml, policy.yaml)")
 	flag.StringVar(&opts.logs, "logs", "", "directory to copy the proxies' logs into at the end (default: only a failing side's log, into $TMPDIR)")
+	flag.StringVar(&opts.profiles.dir, "profiles", "", "directory for nodenet's CPU profile of each cold start and heap profile after it (from its /debug/pprof/); empty: none")
+	flag.IntVar(&opts.profiles.seconds, "profile-seconds", 5, "length of the CPU profile that starts with each nodenet cold start")
 	flag.StringVar(&sides, "sides", sideNodenet+","+sideKubeProxy, "sides to measure")
 	flag.IntVar(&opts.rounds, "rounds", 3, "rounds per size; each starts every side from cold, alternating which goes first")
 	flag.IntVar(&opts.connectServices, "connect-services", 10, "Services at the small size, where connect latency is measured first")
@@ -245,6 +248,7 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 				}
 				logf("%d Services, round %d/%d: %s", size, r+1, opts.rounds, s.name)
 				rng := rand.New(rand.NewPCG(uint64(size), uint64(r))) // the same changes for both sides
+				s.profileName = fmt.Sprintf("%s-%d-r%d", s.name, size, r+1)
 				res, err := s.round(ctx, w, want, opts, connect, changes, grace, rng)
 				if err != nil {
 					if ctx.Err() != nil || s.name != sideNodenet {

@@ -45,6 +45,10 @@ func (s *side) coldStart(ctx context.Context, want []netip.AddrPort, opts option
 	if err := s.proc.Start(); err != nil {
 		return coldResult{}, err
 	}
+	var cpuProfile <-chan error
+	if opts.profiles.dir != "" && s.name == sideNodenet {
+		cpuProfile = opts.profiles.cpuDuringColdStart(ctx, s, s.profileName)
+	}
 	deadline := start.Add(opts.syncTimeout)
 	polls, have := 0, 0
 	var lastErr error
@@ -79,7 +83,15 @@ func (s *side) coldStart(ctx context.Context, want []netip.AddrPort, opts option
 					return coldResult{}, err
 				}
 				st, err := readProc(s.proc.PID())
-				return coldResult{took: took, stats: st, chains: chains, polls: polls}, err
+				if err != nil {
+					return coldResult{}, err
+				}
+				if cpuProfile != nil {
+					if err := errors.Join(<-cpuProfile, opts.profiles.heap(ctx, s, s.profileName)); err != nil {
+						return coldResult{}, fmt.Errorf("profiles: %w", err)
+					}
+				}
+				return coldResult{took: took, stats: st, chains: chains, polls: polls}, nil
 			}
 		}
 		if time.Now().After(deadline) {

@@ -52,6 +52,8 @@ type side struct {
 	programmingMetric string
 	// logPath is the proxy's log, inside the lab directory that Close removes.
 	logPath string
+	// profileName names the current round's profiles (nodenet only, with --profiles).
+	profileName string
 	// peakRSS is the highest resident set seen in the current round (sampleRSS).
 	peakRSS int64
 	// unavailable says why the side could not be measured; its cells are left empty.
