@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"go.uber.org/zap"
@@ -38,7 +39,8 @@ type Syncer struct {
 	facts  Facts
 	inputs map[ServiceKey]ServiceInput
 	// Below, the ledger: nil until a full sync succeeds, and again after
-	// any failure, which makes the next sync a full one.
+	// any failure, which makes the next sync a full one. It leaves out the
+	// hairpin pairs: pairs says which are written.
 	ledger map[string]*Digest // by table
 	// claims lists, per verdict-map key, the Services whose fragments
 	// have it, sorted: the first one's element is written. pairs counts
@@ -46,7 +48,7 @@ type Syncer struct {
 	// held is not kept: it is built again from the Service's previous
 	// input, which at 100,000 endpoints saves tens of megabytes.
 	claims   map[elemKey][]ServiceKey
-	pairs    map[elemKey]int32
+	pairs    map[pairKey]int32
 	lastGen  uint32 // nftables generation after our last write
 	rejected map[ServiceKey]error
 }
@@ -149,8 +151,13 @@ func (s *Syncer) CheckDrift(force bool) (SyncResult, bool, error) {
 			if want == nil {
 				want = &Digest{}
 			}
-			if sum := diffSummary(have, *want); sum != "" {
-				drift = append(drift, table+": "+sum)
+			var pairSum string
+			if table == TableName {
+				pairSum = s.pairDrift(&have)
+			}
+			sums := slices.DeleteFunc([]string{diffSummary(have, *want), pairSum}, func(s string) bool { return s == "" })
+			if len(sums) > 0 {
+				drift = append(drift, table+": "+strings.Join(sums, ", "))
 			}
 		}
 		if len(drift) == 0 {
@@ -213,7 +220,7 @@ func (s *Syncer) full() (SyncResult, error) {
 	res.Ops += len(stale)
 
 	s.claims = map[elemKey][]ServiceKey{}
-	s.pairs = map[elemKey]int32{}
+	s.pairs = map[pairKey]int32{}
 	byShard := make([][]ServiceKey, serviceShards)
 	for _, k := range keys {
 		s.count(k, s.fragment(k), 1)
@@ -221,10 +228,6 @@ func (s *Syncer) full() (SyncResult, error) {
 	}
 
 	main, shard := physicalSkeletons(s.facts)
-	var pairs []Fragment
-	for ek := range s.pairs {
-		pairs = append(pairs, Fragment{Elements: []Element{{Map: ek.Map, MapElement: MapElement{Key: ek.Key}}}})
-	}
 	ledger := map[string]*Digest{}
 	var pending []*Plan
 	pendingOps := 0
@@ -240,7 +243,7 @@ func (s *Syncer) full() (SyncResult, error) {
 			m = Model{Table: table, Chains: slices.Clone(shard.Chains), Sets: slices.Clone(shard.Sets), Maps: slices.Clone(shard.Maps)}
 			m = assemble(m, s.winning(byShard[i]))
 		} else {
-			m = assemble(main, pairs)
+			m = s.withPairs(main)
 		}
 		have, err := s.app.readKernel(table)
 		if err != nil {
@@ -248,6 +251,7 @@ func (s *Syncer) full() (SyncResult, error) {
 		}
 		p := planDiff(table, have, desiredOf(m))
 		d := digestOf(m)
+		dropPairs(&d)
 		ledger[table] = &d
 		if pendingOps > 0 && pendingOps+p.Ops() > s.app.batchOps {
 			if err := send(); err != nil {
@@ -310,8 +314,9 @@ func (s *Syncer) count(k ServiceKey, fr Fragment, n int32) {
 	for _, e := range fr.Elements {
 		ek := elemKey{e.Map, e.Key}
 		if mapDefs[e.Map].Plain {
-			if s.pairs[ek] += n; s.pairs[ek] <= 0 {
-				delete(s.pairs, ek)
+			pk := pairKeyOf(e.Key.Addr)
+			if s.pairs[pk] += n; s.pairs[pk] <= 0 {
+				delete(s.pairs, pk)
 			}
 			continue
 		}
@@ -365,7 +370,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 		ek := elemKey{e.Map, e.Key}
 		if mapDefs[e.Map].Plain {
 			if _, seen := oldPairs[ek]; !seen {
-				oldPairs[ek] = s.pairs[ek] > 0
+				oldPairs[ek] = s.pairs[pairKeyOf(ek.Key.Addr)] > 0
 			}
 			return
 		}
@@ -419,7 +424,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 		if was {
 			h.Elems[ek] = ""
 		}
-		if s.pairs[ek] > 0 {
+		if s.pairs[pairKeyOf(ek.Key.Addr)] > 0 {
 			w.elems[ek] = MapElement{Key: ek.Key}
 		}
 	}
@@ -460,7 +465,9 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 			l.Sets[st.Name] = setDigestOf(st)
 		}
 		for ek, e := range w.elems {
-			l.Elems[ek] = e.Verdict.render()
+			if !mapDefs[ek.Map].Plain {
+				l.Elems[ek] = e.Verdict.render()
+			}
 		}
 	}
 	if res.Ops > 0 {
