@@ -23,6 +23,7 @@ const usage = `nodenet — node networking daemon (pod IPs, routes, Services, DN
 
 Usage:
   nodenet daemon --config FILE   run the daemon
+  nodenet dns-keeper --socket P  hold the DNS sockets while the daemon restarts
   nodenet version                print the version
 
 Run "nodenet COMMAND -h" for a command's flags.
@@ -43,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "daemon":
 		return runDaemon(args[1:], stderr)
+	case "dns-keeper":
+		return runDNSKeeper(args[1:], stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
