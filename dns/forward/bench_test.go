@@ -40,7 +40,7 @@ func benchForwarder(b *testing.B, names []string) *Forwarder {
 		if err != nil || !ok {
 			b.Fatalf("newEntry: %v %t", err, ok)
 		}
-		f.cache.put(k, e, now)
+		f.cache.put(e, now)
 	}
 	return f
 }

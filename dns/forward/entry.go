@@ -33,6 +33,7 @@ const entryOverhead = 256
 // An entry is one cached response. Everything but the atomics is fixed at
 // creation; a refresh replaces the entry.
 type entry struct {
+	key wire.Key
 	// wire is the response packed with ID 0, RD set and no OPT record; the
 	// question is the key's, lower-cased.
 	wire []byte
@@ -90,6 +91,7 @@ func newEntry(resp *dns.Msg, k wire.Key, now time.Duration, cfg *Config) (*entry
 	}
 	lifetime := time.Duration(ttl) * time.Second
 	e := &entry{
+		key:           k,
 		wire:          b,
 		ttlOffsets:    offsets,
 		kind:          kind,

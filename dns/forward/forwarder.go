@@ -120,7 +120,7 @@ func (f *Forwarder) Resolve(ctx context.Context, req *dns.Msg) *dns.Msg {
 		if e.fresh(age) {
 			f.m.hits[e.kind].Inc()
 			f.notePopular(k, e, now, age)
-			return reply(req, k, e.appendTo(nil, 0, e.remaining(age)))
+			return f.reply(req, k, e.appendTo(nil, 0, e.remaining(age)))
 		}
 		if age >= e.lifetime+staleWindow(e, f.cfg.MaxStale) {
 			e = nil
@@ -153,7 +153,7 @@ func (f *Forwarder) Resolve(ctx context.Context, req *dns.Msg) *dns.Msg {
 	if c.ans == nil {
 		return f.answerStaleOrFail(req, k, e)
 	}
-	return c.ans.reply(req, k, f.clock.read())
+	return f.replyFrom(req, k, c.ans)
 }
 
 // requestKey returns the cache key of req, or the answer to a request this
@@ -182,11 +182,12 @@ func requestKey(req *dns.Msg) (wire.Key, *dns.Msg) {
 }
 
 // reply turns a cached response in wire form into the answer to req.
-func reply(req *dns.Msg, k wire.Key, b []byte) *dns.Msg {
+func (f *Forwarder) reply(req *dns.Msg, k wire.Key, b []byte) *dns.Msg {
 	m := new(dns.Msg)
 	if err := m.Unpack(b); err != nil {
-		// The bytes were packed by newEntry from a message that unpacked.
-		panic(fmt.Sprintf("unpack cached response to %s: %v", k.Name, err))
+		// newEntry packed these bytes from a message that had unpacked.
+		f.log.Error("cached response does not unpack", zap.String("name", k.Name), zap.Error(err))
+		return errorReply(req, dns.RcodeServerFailure)
 	}
 	return finishReply(req, k, m)
 }

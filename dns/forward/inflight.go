@@ -26,17 +26,17 @@ type answer struct {
 	ent *entry // the cache entry made of msg; nil if msg was not cacheable
 }
 
-// reply makes the answer to req. Clients waiting on one call each get
-// their own message.
-func (a *answer) reply(req *dns.Msg, k wire.Key, now time.Duration) *dns.Msg {
+// replyFrom makes the answer to req from an upstream's. Clients waiting on
+// one call each get their own message.
+func (f *Forwarder) replyFrom(req *dns.Msg, k wire.Key, a *answer) *dns.Msg {
 	if a.ent == nil {
 		return finishReply(req, k, a.msg.Copy())
 	}
 	var ttl uint32
-	if age := now - a.ent.stored; a.ent.fresh(age) {
+	if age := f.clock.read() - a.ent.stored; a.ent.fresh(age) {
 		ttl = a.ent.remaining(age)
 	}
-	return reply(req, k, a.ent.appendTo(nil, 0, ttl))
+	return f.reply(req, k, a.ent.appendTo(nil, 0, ttl))
 }
 
 // startCall returns the upstream query in flight for k, joined reports
@@ -103,6 +103,6 @@ func (f *Forwarder) settle(k wire.Key, resp *dns.Msg, err error, now time.Durati
 	if !ok {
 		return &answer{msg: resp}
 	}
-	f.cache.put(k, ent, now)
+	f.cache.put(ent, now)
 	return &answer{msg: resp, ent: ent}
 }

@@ -49,7 +49,7 @@ func (f *Forwarder) noteFailure(k wire.Key, now time.Duration) bool {
 // answerStale answers req from the expired entry e.
 func (f *Forwarder) answerStale(req *dns.Msg, k wire.Key, e *entry) *dns.Msg {
 	f.m.servedStale.Inc()
-	return reply(req, k, e.appendTo(nil, 0, staleTTL))
+	return f.reply(req, k, e.appendTo(nil, 0, staleTTL))
 }
 
 // answerStaleOrFail answers req from e when there is one, else SERVFAIL.
