@@ -211,6 +211,37 @@ func TestPrefetch(t *testing.T) {
 	}
 }
 
+func TestFailedPrefetchKeepsTheEntry(t *testing.T) {
+	good := zoneAnswer(t, dns.RcodeSuccess, "ANSWER popular.example. 100 IN A 192.0.2.1")
+	bad := zoneAnswer(t, dns.RcodeServerFailure)
+	var mu sync.Mutex
+	failing := false
+	up := startUpstream(t, func(q *dns.Msg, tcp bool) *dns.Msg {
+		mu.Lock()
+		defer mu.Unlock()
+		if failing {
+			return bad(q, tcp)
+		}
+		return good(q, tcp)
+	})
+	f, clock := startForwarder(t, Config{Upstreams: []netip.AddrPort{up.addr}, PrefetchHits: 1})
+	ask(t, f, "popular.example.", dns.TypeA)
+	mu.Lock()
+	failing = true
+	mu.Unlock()
+
+	clock.Advance(91 * time.Second)
+	cached(t, f, "popular.example.", dns.TypeA) // starts the prefetch
+	eventually(t, "the prefetch to end", func() bool { return up.count() == 2 && counter(f.m.inFlight) == 0 })
+	fast, err := cached(t, f, "popular.example.", dns.TypeA)
+	if err != nil || firstTTL(fast) != 9 {
+		t.Fatalf("after a failed prefetch: %v %v, want the entry with 9 s left", fast, err)
+	}
+	if got := counter(f.m.entries[kindServfail]); got != 0 {
+		t.Errorf("a SERVFAIL was cached over a fresh entry")
+	}
+}
+
 func TestUnpopularEntryIsNotPrefetched(t *testing.T) {
 	up := startUpstream(t, zoneAnswer(t, dns.RcodeSuccess, "ANSWER rare.example. 100 IN A 192.0.2.1"))
 	f, clock := startForwarder(t, Config{Upstreams: []netip.AddrPort{up.addr}, PrefetchHits: 3, PrefetchWindow: 20 * time.Second})

@@ -15,15 +15,17 @@ import (
 type call struct {
 	// done is closed by runCall once ans is set; nobody sends on it.
 	done chan struct{}
-	// ans is the upstream's answer, nil when no upstream gave one, or when
-	// it was a failure that stale data stands in for.
+	// ans is the answer for the waiting clients: the upstream's, or a
+	// fresh cached entry when the upstreams failed; nil when they failed
+	// and there is none, so that each client falls back to its stale data.
 	ans *answer
 }
 
-// An answer is a sanitized upstream response, without OPT record.
+// An answer is a sanitized upstream response, without OPT record, or a
+// cache entry, or both.
 type answer struct {
 	msg *dns.Msg
-	ent *entry // the cache entry made of msg; nil if msg was not cacheable
+	ent *entry // nil when msg was not cacheable
 }
 
 // replyFrom makes the answer to req from an upstream's. Clients waiting on
@@ -87,14 +89,15 @@ func (f *Forwarder) runCall(k wire.Key, c *call) {
 func (f *Forwarder) settle(k wire.Key, resp *dns.Msg, err error, now time.Duration) *answer {
 	if err != nil {
 		f.log.Debug("no upstream answered", zap.String("name", k.Name), zap.Uint16("type", k.Type), zap.Error(err))
-		f.noteFailure(k, now)
-		return nil
+		return standIn(f.noteFailure(k, now), now)
 	}
 	if dropped := sanitize(resp, k); dropped > 0 {
 		f.log.Debug("dropped records outside the question's chain or zone", zap.String("name", k.Name), zap.Int("records", dropped))
 	}
-	if (resp.Rcode == dns.RcodeServerFailure || resp.Rcode == dns.RcodeRefused) && f.noteFailure(k, now) {
-		return nil
+	if resp.Rcode == dns.RcodeServerFailure || resp.Rcode == dns.RcodeRefused {
+		if e := f.noteFailure(k, now); e != nil {
+			return standIn(e, now)
+		}
 	}
 	ent, ok, err := newEntry(resp, k, now, &f.cfg)
 	if err != nil {
@@ -105,4 +108,14 @@ func (f *Forwarder) settle(k wire.Key, resp *dns.Msg, err error, now time.Durati
 	}
 	f.cache.put(ent, now)
 	return &answer{msg: resp, ent: ent}
+}
+
+// standIn is the answer a cached entry gives when the upstreams failed: a
+// fresh one answers as it is; a stale one, or none, leaves each waiting
+// client to its own stale data or SERVFAIL.
+func standIn(e *entry, now time.Duration) *answer {
+	if e == nil || !e.fresh(now-e.stored) {
+		return nil
+	}
+	return &answer{ent: e}
 }

@@ -20,7 +20,7 @@ const (
 )
 
 // failedRecently says whether a refresh of the expired entry e failed
-// lately. If so its stale data answers at once, and when the last failure is
+// since it was stored. If so its stale data answers at once, and when the last failure is
 // older than staleRecheck a new refresh starts in the background: the
 // upstreams are retried for as long as clients ask.
 func (f *Forwarder) failedRecently(k wire.Key, e *entry, now time.Duration) bool {
@@ -34,16 +34,16 @@ func (f *Forwarder) failedRecently(k wire.Key, e *entry, now time.Duration) bool
 	return true
 }
 
-// noteFailure records that refreshing k failed and says whether the cached
-// entry may stand in for the failed answer: one that is fresh (a failed
-// prefetch), or expired but within its stale window.
-func (f *Forwarder) noteFailure(k wire.Key, now time.Duration) bool {
+// noteFailure records that refreshing k failed and returns the cached entry
+// that stands in for the failed answer, if any: one that is fresh (a
+// failed prefetch), or expired but within its stale window.
+func (f *Forwarder) noteFailure(k wire.Key, now time.Duration) *entry {
 	e := f.cache.get(k)
 	if e == nil || e.kind == kindServfail || now-e.stored >= e.lifetime+f.cfg.MaxStale {
-		return false
+		return nil
 	}
 	e.lastFailure.Store(int64(now))
-	return true
+	return e
 }
 
 // answerStale answers req from the expired entry e.
