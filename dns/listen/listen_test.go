@@ -145,8 +145,13 @@ func TestOpenNoKeeperYet(t *testing.T) {
 	}
 	k := startKeeper(t, path)
 	waitHeld(t, k, fmt.Sprintf("tcp/127.0.0.1:%d udp/127.0.0.1:%d×2", port, port))
-	if logs.FilterMessageSnippet("deposited DNS sockets with the keeper").Len() != 1 {
-		t.Errorf("no log of the deposit; logs: %v", logs.All())
+	// The keeper holds the sockets just before the daemon reads its confirmation.
+	deadline := time.Now().Add(5 * time.Second)
+	for logs.FilterMessageSnippet("deposited DNS sockets with the keeper").Len() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log of the deposit; logs: %v", logs.All())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

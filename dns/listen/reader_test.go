@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -53,7 +54,7 @@ func runReader(spec string) int {
 			for {
 				n, from, err := c.ReadFromUDPAddrPort(buf)
 				if err != nil {
-					return // closed
+					return // stopped
 				}
 				// A lost answer shows as a missing sequence number at the client.
 				_, _ = c.WriteToUDPAddrPort(buf[:n], from)
@@ -65,19 +66,32 @@ func runReader(spec string) int {
 			for {
 				c, err := l.Accept()
 				if err != nil {
-					return // closed
+					return // stopped
 				}
-				go echoLine(c)
+				wg.Go(func() { echoLine(c) })
 			}
 		})
 	}
 	fmt.Println("ready")
 	<-term
+	// A graceful stop, as the daemon must do it: stop reading, answer what was read, and only
+	// then close; closing at once would lose the queries read but not yet answered.
+	stop := time.Now()
+	for _, c := range s.UDP {
+		if err := c.SetReadDeadline(stop); err != nil {
+			fmt.Fprintln(os.Stderr, "reader: stop reading:", err)
+		}
+	}
+	for _, l := range s.TCP {
+		if err := l.SetDeadline(stop); err != nil {
+			fmt.Fprintln(os.Stderr, "reader: stop accepting:", err)
+		}
+	}
+	wg.Wait()
 	if err := s.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "reader: close:", err)
 		return 1
 	}
-	wg.Wait()
 	return 0
 }
 
