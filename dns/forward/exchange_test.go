@@ -73,12 +73,7 @@ func startSpoofingUpstream(t *testing.T, bad func(q *dns.Msg) []*dns.Msg, fromEl
 	return &spoofingUpstream{addr: netip.MustParseAddrPort(conn.LocalAddr().String())}
 }
 
-func genuine(t *testing.T, q *dns.Msg) *dns.Msg {
-	r := new(dns.Msg)
-	r.SetReply(q)
-	r.Answer = []dns.RR{mustRR(t, q.Question[0].Name+" 300 IN A 192.0.2.1")}
-	return r
-}
+func genuine(t *testing.T, q *dns.Msg) *dns.Msg { return echoA(t)(q, false) }
 
 func poisoned(t *testing.T, q *dns.Msg) *dns.Msg {
 	r := new(dns.Msg)

@@ -419,12 +419,7 @@ func TestBoundsEvict(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			up := startUpstream(t, func(q *dns.Msg, _ bool) *dns.Msg {
-				r := new(dns.Msg)
-				r.SetReply(q)
-				r.Answer = []dns.RR{mustRR(t, q.Question[0].Name+" 300 IN A 192.0.2.1")}
-				return r
-			})
+			up := startUpstream(t, echoA(t))
 			tt.cfg.Upstreams = []netip.AddrPort{up.addr}
 			f, _ := startForwarder(t, tt.cfg)
 			names := []string{"a.example.", "b.example.", "c.example.", "d.example.", "e.example.", "f.example."}
@@ -569,12 +564,7 @@ func TestFailover(t *testing.T) {
 		mu.Unlock()
 		return nil // never answers
 	})
-	good := startUpstream(t, func(q *dns.Msg, _ bool) *dns.Msg {
-		r := new(dns.Msg)
-		r.SetReply(q)
-		r.Answer = []dns.RR{mustRR(t, q.Question[0].Name+" 300 IN A 192.0.2.1")}
-		return r
-	})
+	good := startUpstream(t, echoA(t))
 	f, clock := startForwarder(t, Config{Upstreams: []netip.AddrPort{dead.addr, good.addr}, UpstreamTimeout: 100 * time.Millisecond})
 	asked := func() int {
 		mu.Lock()
@@ -597,6 +587,38 @@ func TestFailover(t *testing.T) {
 	ask(t, f, "e.example.", dns.TypeA)
 	if got := asked(); got != maxFails+1 {
 		t.Errorf("the silent upstream was asked %d times after its hold, want %d", got, maxFails+1)
+	}
+}
+
+func TestFailoverOnServfail(t *testing.T) {
+	failing := startUpstream(t, zoneAnswer(t, dns.RcodeServerFailure))
+	good := startUpstream(t, echoA(t))
+	f, _ := startForwarder(t, Config{Upstreams: []netip.AddrPort{failing.addr, good.addr}})
+	for _, n := range []string{"a.example.", "b.example.", "c.example."} {
+		if got := ask(t, f, n, dns.TypeA); got.Rcode != dns.RcodeSuccess {
+			t.Fatalf("rcode = %s, want the second upstream's NOERROR", dns.RcodeToString[got.Rcode])
+		}
+	}
+	// SERVFAIL is an answer: the first upstream is asked every time.
+	if got := failing.count(); got != 3 {
+		t.Errorf("the upstream answering SERVFAIL was asked %d times, want 3", got)
+	}
+}
+
+func TestUpstreamsAllOnHoldAreStillAsked(t *testing.T) {
+	a := startUpstream(t, zoneAnswer(t, dns.RcodeSuccess))
+	b := startUpstream(t, zoneAnswer(t, dns.RcodeSuccess))
+	a.stop()
+	b.stop()
+	f, _ := startForwarder(t, Config{Upstreams: []netip.AddrPort{a.addr, b.addr}})
+	for _, n := range []string{"a.example.", "b.example.", "c.example."} {
+		ask(t, f, n, dns.TypeA)
+	}
+	// Two failures put both on hold; the third query asks them anyway.
+	for _, u := range []*testUpstream{a, b} {
+		if got := failures(f, u.addr, reasonNetwork); got != 3 {
+			t.Errorf("failures of %s = %v, want 3", u.addr, got)
+		}
 	}
 }
 

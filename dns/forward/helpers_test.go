@@ -212,6 +212,16 @@ func zoneAnswer(t *testing.T, rcode int, records ...string) answerFunc {
 	}
 }
 
+// echoA answers any name with an A record of 192.0.2.1, TTL 300.
+func echoA(t *testing.T) answerFunc {
+	return func(q *dns.Msg, _ bool) *dns.Msg {
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.Answer = []dns.RR{mustRR(t, q.Question[0].Name+" 300 IN A 192.0.2.1")}
+		return r
+	}
+}
+
 func copyRRs(rrs []dns.RR) []dns.RR {
 	out := make([]dns.RR, len(rrs))
 	for i, rr := range rrs {
