@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/miekg/dns"
 )
 
@@ -218,5 +219,27 @@ func TestAnswersMatchesQuestionCaseInsensitively(t *testing.T) {
 	r.Question[0].Name = "www.example.con."
 	if answers(q, r) {
 		t.Error("an answer to another name was taken")
+	}
+}
+
+func TestTruncationFallsBackToTCP(t *testing.T) {
+	full := zoneAnswer(t, dns.RcodeSuccess, "ANSWER big.example. 300 IN TXT \"all of it\"")
+	up := startUpstream(t, func(q *dns.Msg, tcp bool) *dns.Msg {
+		if tcp {
+			return full(q, tcp)
+		}
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.Truncated = true
+		return r
+	})
+	f, _ := startForwarder(t, Config{Upstreams: []netip.AddrPort{up.addr}})
+	got := ask(t, f, "big.example.", dns.TypeTXT)
+	if want := "big.example. 300 IN TXT \"all of it\""; records(got.Answer) != want || got.Truncated {
+		t.Errorf("answer:\n%v\nwant %s", got, want)
+	}
+	want := []string{"udp big.example. TXT do=false cd=false", "tcp big.example. TXT do=false cd=false"}
+	if diff := cmp.Diff(want, up.seen()); diff != "" {
+		t.Errorf("upstream queries (-want +got):\n%s", diff)
 	}
 }

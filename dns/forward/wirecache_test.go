@@ -2,6 +2,7 @@ package forward
 
 import (
 	"encoding/binary"
+	"net/netip"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -42,5 +43,22 @@ func TestTTLOffsets(t *testing.T) {
 	}
 	if _, err := ttlOffsets(append(b, 0)); err == nil {
 		t.Error("ttlOffsets accepted a trailing byte")
+	}
+}
+
+func TestAppendCachedRespectsMaxSize(t *testing.T) {
+	up := startUpstream(t, zoneAnswer(t, dns.RcodeSuccess, "ANSWER www.example.com. 300 IN A 192.0.2.1"))
+	f, _ := startForwarder(t, Config{Upstreams: []netip.AddrPort{up.addr}})
+	ask(t, f, "www.example.com.", dns.TypeA)
+	k, _ := requestKey(query("www.example.com.", dns.TypeA, false, false))
+	size := len(f.cache.get(k).wire)
+
+	dst := []byte("prefix")
+	if got, ok := f.AppendCached(dst, k, 1, size-1); ok || string(got) != "prefix" {
+		t.Errorf("AppendCached with maxSize below the answer = %q, %t; want dst unchanged, false", got, ok)
+	}
+	got, ok := f.AppendCached(dst, k, 1, size)
+	if !ok || len(got) != len("prefix")+size || string(got[:6]) != "prefix" {
+		t.Errorf("AppendCached with maxSize of the answer = %d bytes, %t", len(got), ok)
 	}
 }
