@@ -72,6 +72,7 @@ func BenchmarkAppendCachedParallel(b *testing.B) {
 		keys[i] = wire.Key{Name: n, Type: dns.TypeA, Class: dns.ClassINET}
 	}
 	b.ReportAllocs()
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		buf := make([]byte, 0, 512)
 		i := 0
