@@ -118,6 +118,7 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	defer cancelBG()
 
 	mtu := d.cfg.CNI.MTU
+	ensureDNS := func() error { return nil }
 	if client != nil {
 		h, err := hub.New(client, d.log)
 		if err != nil {
@@ -135,6 +136,14 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 				return err
 			}
 			defer stop()
+		}
+		if d.cfg.DNSEnabled() {
+			ensure, closeSockets, err := d.startDNS(bgRun, bg, h, nl, int(nodeNS), reg)
+			if err != nil {
+				return err
+			}
+			defer closeSockets()
+			ensureDNS = ensure
 		}
 	}
 	local, err := routing.NewLocal(routing.LocalConfig{
@@ -187,6 +196,9 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 			}
 			if err := hostPorts.Ensure(); err != nil {
 				d.log.Error("re-ensure hostPort mappings", zap.Error(err))
+			}
+			if err := ensureDNS(); err != nil {
+				d.log.Error("re-ensure node-local DNS address", zap.Error(err))
 			}
 		}
 	}

@@ -69,6 +69,11 @@ type DNS struct {
 	Listen    []netip.Addr `json:"listen"`
 	Upstreams []string     `json:"upstreams"`
 	CacheSize int          `json:"cacheSize"`
+	// TTL is the time to live, in seconds, of the cluster domain's records; nil means 5 s, as
+	// CoreDNS's kubernetes plugin, and 0 asks clients not to cache them at all.
+	TTL *int `json:"ttl"`
+	// ResolvConf is where the node's upstream servers are read from when Upstreams is empty.
+	ResolvConf string `json:"resolvConf"`
 }
 
 // Endpoint is a listen address of an HTTP server.
@@ -84,6 +89,18 @@ type Logging struct {
 
 // ProxyEnabled reports whether Service load balancing runs.
 func (c *Config) ProxyEnabled() bool { return c.Proxy.Enabled == nil || *c.Proxy.Enabled }
+
+// DNSUpstreams returns dns.upstreams as addresses with ports (53 when none is given). Validate
+// has checked them.
+func (c *Config) DNSUpstreams() []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, len(c.DNS.Upstreams))
+	for _, u := range c.DNS.Upstreams {
+		if a, err := upstreamAddr(u); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
 
 // DNSEnabled reports whether the node-local DNS server runs.
 func (c *Config) DNSEnabled() bool { return c.DNS.Enabled == nil || *c.DNS.Enabled }

@@ -70,7 +70,7 @@ func defaults() config.Config {
 		RunDir:        "/run/nodenet",
 		CNI:           config.CNI{BinDir: "/opt/cni/bin", ConfDir: "/etc/cni/net.d", Bridge: "nodenet0"},
 		Routing:       config.Routing{Mode: "auto"},
-		DNS:           config.DNS{Listen: addrs("169.254.20.10"), CacheSize: 10000},
+		DNS:           config.DNS{Listen: addrs("169.254.20.10"), CacheSize: 10000, TTL: ptr(5), ResolvConf: "/etc/resolv.conf"},
 		Metrics:       config.Endpoint{Address: "127.0.0.1:9310"},
 		Health:        config.Endpoint{Address: ":9311"},
 		Logging:       config.Logging{Level: "info", Format: "json"},
@@ -118,7 +118,7 @@ runDir: /run/nodenet-b
 cni: {binDir: /opt/cni/bin-b, confDir: /etc/cni/net.d-b, bridge: nodenet-b012345, mtu: 1400}
 routing: {mode: vxlan}
 proxy: {enabled: false, nodePortAddresses: [198.18.0.0/24], masqueradeAll: true}
-dns: {enabled: false, listen: [169.254.20.11, "fd00::a"], upstreams: [192.0.2.53, "[2001:db8::53]:5353"], cacheSize: 5}
+dns: {enabled: false, listen: [169.254.20.11, "fd00::a"], upstreams: [192.0.2.53, "[2001:db8::53]:5353"], cacheSize: 5, ttl: 0, resolvConf: /run/systemd/resolve/resolv.conf}
 metrics: {address: "[::1]:19310"}
 health: {address: "localhost:19311"}
 logging: {level: debug, format: console}
@@ -142,7 +142,9 @@ logging: {level: debug, format: console}
 						Enabled:   ptr(false),
 						Listen:    addrs("169.254.20.11", "fd00::a"),
 						Upstreams: []string{"192.0.2.53", "[2001:db8::53]:5353"},
-						CacheSize: 5,
+						CacheSize:  5,
+						TTL:        ptr(0),
+						ResolvConf: "/run/systemd/resolve/resolv.conf",
 					},
 					Metrics: config.Endpoint{Address: "[::1]:19310"},
 					Health:  config.Endpoint{Address: "localhost:19311"},
@@ -268,6 +270,16 @@ func TestParseErrors(t *testing.T) {
 			name: "wrong type string for int",
 			doc:  `cni: {mtu: "x"}`,
 			want: `config: cni.mtu: "x" is not allowed (want a whole number)`,
+		},
+		{
+			name: "dns.ttl too long",
+			doc:  `dns: {ttl: 86400}`,
+			want: `config: dns.ttl: 86400 is not allowed (want seconds from 0 to 3600)`,
+		},
+		{
+			name: "dns.resolvConf relative",
+			doc:  `dns: {resolvConf: resolv.conf}`,
+			want: `config: dns.resolvConf: "resolv.conf" is not allowed (want an absolute path)`,
 		},
 		{
 			name: "wrong type fraction for int",

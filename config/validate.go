@@ -47,6 +47,11 @@ func (c *Config) Default() error {
 	if c.DNS.CacheSize == 0 {
 		c.DNS.CacheSize = 10000
 	}
+	if c.DNS.TTL == nil {
+		ttl := 5
+		c.DNS.TTL = &ttl
+	}
+	setString(&c.DNS.ResolvConf, "/etc/resolv.conf")
 	setString(&c.Metrics.Address, "127.0.0.1:9310")
 	setString(&c.Health.Address, ":9311")
 	setString(&c.Logging.Level, "info")
@@ -155,6 +160,7 @@ func containedIn(p netip.Prefix, outer []netip.Prefix) bool {
 func (c *Config) validatePaths() error {
 	paths := []struct{ key, value string }{
 		{"stateDir", c.StateDir}, {"runDir", c.RunDir}, {"cni.binDir", c.CNI.BinDir}, {"cni.confDir", c.CNI.ConfDir},
+		{"dns.resolvConf", c.DNS.ResolvConf},
 	}
 	if c.Kubeconfig != "" && c.Kubeconfig != KubeconfigNone {
 		paths = append(paths, struct{ key, value string }{"kubeconfig", c.Kubeconfig})
@@ -215,6 +221,9 @@ func (c *Config) validateDNS() error {
 		if _, err := upstreamAddr(u); err != nil {
 			return fmt.Errorf("dns.upstreams[%d]: %q is not allowed (want IP or IP:port, e.g. 192.0.2.53 or [2001:db8::53]:53)", i, u)
 		}
+	}
+	if t := *c.DNS.TTL; t < 0 || t > 3600 {
+		return fmt.Errorf("dns.ttl: %d is not allowed (want seconds from 0 to 3600)", t)
 	}
 	if c.DNS.CacheSize < 0 {
 		return fmt.Errorf("dns.cacheSize: %d is not allowed (want a positive number of entries)", c.DNS.CacheSize)
