@@ -17,8 +17,11 @@ import (
 // the nftables commit lock while it processes a batch, so a cold start at
 // tens of thousands of Services goes in several batches and other nftables
 // users (the routing package, the runtime's hostPort rules) are not kept
-// waiting for seconds.
-const maxBatchOps = 10000
+// waiting for seconds. Small batches also cost the kernel less in all: to
+// look up and bind each anonymous set (one per Service port's DNAT map) it
+// walks the whole batch's transaction list. And a batch's messages are
+// held in memory until it is sent.
+const maxBatchOps = 2000
 
 // Applier writes plans into the kernel: layer 3. It shares table
 // TableName with the routing package and never touches objects that are
@@ -170,9 +173,13 @@ func (a *Applier) applyLarge(p *Plan) (int, error) {
 		next(1)
 		cur.addElems = append(cur.addElems, e)
 	}
+	for _, pk := range p.addPairs {
+		next(1)
+		cur.addPairs = append(cur.addPairs, pk)
+	}
 	batches = append(batches, cur, &Plan{table: p.table,
 		delElems: p.delElems, delSetEls: p.delSetEls, flush: p.flush, fill: rewrite,
-		addElems: replace, addSetEls: p.addSetEls, delChains: p.delChains,
+		addElems: replace, addSetEls: p.addSetEls, delChains: p.delChains, delPairs: p.delPairs,
 	})
 	sent := 0
 	for i, b := range batches {
@@ -258,6 +265,9 @@ func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
 	if err := elements(c, t, p.delElems, nil, true); err != nil {
 		return err
 	}
+	if err := pairElements(c, t, p.delPairs, true); err != nil {
+		return err
+	}
 	for name, addrs := range p.delSetEls {
 		if err := setElements(c, t, name, addrs, true); err != nil {
 			return err
@@ -309,6 +319,9 @@ func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
 		c.AddRule(r)
 	}
 	if err := elements(c, t, nil, p.addElems, false); err != nil {
+		return err
+	}
+	if err := pairElements(c, t, p.addPairs, false); err != nil {
 		return err
 	}
 	for name, addrs := range p.addSetEls {

@@ -243,15 +243,19 @@ func (s *Syncer) full() (SyncResult, error) {
 			m = Model{Table: table, Chains: slices.Clone(shard.Chains), Sets: slices.Clone(shard.Sets), Maps: slices.Clone(shard.Maps)}
 			m = assemble(m, s.winning(byShard[i]))
 		} else {
-			m = s.withPairs(main)
+			m = main
 		}
 		have, err := s.app.readKernel(table)
 		if err != nil {
 			return res, err
 		}
+		var addPairs, delPairs []pairKey
+		if table == TableName {
+			addPairs, delPairs = s.pairChanges(&have)
+		}
 		p := planDiff(table, have, desiredOf(m))
+		p.addPairs, p.delPairs = addPairs, delPairs
 		d := digestOf(m)
-		dropPairs(&d)
 		ledger[table] = &d
 		if pendingOps > 0 && pendingOps+p.Ops() > s.app.batchOps {
 			if err := send(); err != nil {
@@ -278,7 +282,7 @@ func (s *Syncer) winning(keys []ServiceKey) []Fragment {
 		fr := frags[k]
 		won := fr.Elements[:0:0]
 		for _, e := range fr.Elements {
-			if cl := s.claims[elemKey{e.Map, e.Key}]; !mapDefs[e.Map].Plain && len(cl) > 0 && cl[0] == k {
+			if cl := s.claims[elemKey{e.Map, e.Key}]; len(cl) > 0 && cl[0] == k {
 				won = append(won, e)
 			}
 		}
@@ -311,15 +315,14 @@ func (s *Syncer) recordGeneration() {
 // count adds (n = 1) or removes (n = -1) a fragment's elements to the
 // claims and pair counts.
 func (s *Syncer) count(k ServiceKey, fr Fragment, n int32) {
+	for _, a := range fr.Pairs {
+		pk := pairKeyOf(a)
+		if s.pairs[pk] += n; s.pairs[pk] <= 0 {
+			delete(s.pairs, pk)
+		}
+	}
 	for _, e := range fr.Elements {
 		ek := elemKey{e.Map, e.Key}
-		if mapDefs[e.Map].Plain {
-			pk := pairKeyOf(e.Key.Addr)
-			if s.pairs[pk] += n; s.pairs[pk] <= 0 {
-				delete(s.pairs, pk)
-			}
-			continue
-		}
 		cl := slices.DeleteFunc(s.claims[ek], func(c ServiceKey) bool { return c == k })
 		if n > 0 {
 			cl = append(cl, k)
@@ -365,15 +368,9 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 	}
 	oldWinner := map[elemKey]ServiceKey{} // per touched verdict-map key; absent: nobody held it
 	touched := map[elemKey]bool{}
-	oldPairs := map[elemKey]bool{}
+	oldPairs := map[pairKey]bool{} // per touched pair: whether it was written
 	touch := func(e Element) {
 		ek := elemKey{e.Map, e.Key}
-		if mapDefs[e.Map].Plain {
-			if _, seen := oldPairs[ek]; !seen {
-				oldPairs[ek] = s.pairs[pairKeyOf(ek.Key.Addr)] > 0
-			}
-			return
-		}
 		if !touched[ek] {
 			touched[ek] = true
 			if cl := s.claims[ek]; len(cl) > 0 {
@@ -400,6 +397,12 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 		for _, e := range slices.Concat(old.Elements, fr.Elements) {
 			touch(e)
 		}
+		for _, a := range slices.Concat(old.Pairs, fr.Pairs) {
+			pk := pairKeyOf(a)
+			if _, seen := oldPairs[pk]; !seen {
+				oldPairs[pk] = s.pairs[pk] > 0
+			}
+		}
 		s.count(k, old, -1)
 		s.count(k, fr, 1)
 	}
@@ -419,12 +422,13 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 			w.elems[ek] = e
 		}
 	}
-	for ek, was := range oldPairs {
+	for pk, was := range oldPairs {
+		ek := pk.elemKey()
 		h, w := scope(TableName)
 		if was {
 			h.Elems[ek] = ""
 		}
-		if s.pairs[pairKeyOf(ek.Key.Addr)] > 0 {
+		if s.pairs[pk] > 0 {
 			w.elems[ek] = MapElement{Key: ek.Key}
 		}
 	}
@@ -501,6 +505,10 @@ func checkFragment(fr Fragment) error {
 	want := desired{chains: fr.Chains, sets: fr.Sets, elems: map[elemKey]MapElement{}}
 	for _, e := range fr.Elements {
 		want.elems[elemKey{e.Map, e.Key}] = e.MapElement
+	}
+	for _, a := range fr.Pairs {
+		ek := pairKeyOf(a).elemKey()
+		want.elems[ek] = MapElement{Key: ek.Key}
 	}
 	table := shardTable(0)
 	if err := queue(c, &nftables.Table{Family: nftables.TableFamilyINet, Name: table}, planDiff(table, newDigest(), want)); err != nil {
