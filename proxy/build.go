@@ -81,6 +81,11 @@ type Fragment struct {
 	Chains   []Chain
 	Sets     []Set
 	Elements []Element
+	// Pairs are the endpoint addresses of the hairpin sets (each set
+	// element is the address paired with itself), kept apart from
+	// Elements: they are one per endpoint, most of a large world's
+	// elements, and need neither a verdict nor a comment.
+	Pairs []netip.Addr
 }
 
 // Element is a verdict-map element together with the map it belongs to.
@@ -133,17 +138,23 @@ func assemble(m Model, frags []Fragment) Model {
 	}
 	var chains []Chain
 	taken := map[elemKey]bool{}
+	add := func(e Element) {
+		k := elemKey{e.Map, e.Key}
+		if taken[k] {
+			return
+		}
+		taken[k] = true
+		vm := maps[e.Map]
+		vm.Elements = append(vm.Elements, e.MapElement)
+	}
 	for _, fr := range frags {
 		chains = append(chains, fr.Chains...)
 		m.Sets = append(m.Sets, fr.Sets...)
 		for _, e := range fr.Elements {
-			k := elemKey{e.Map, e.Key}
-			if taken[k] {
-				continue
-			}
-			taken[k] = true
-			vm := maps[e.Map]
-			vm.Elements = append(vm.Elements, e.MapElement)
+			add(e)
+		}
+		for _, a := range fr.Pairs {
+			add(Element{Map: setHairpin(familyOf(a)), MapElement: MapElement{Key: MapKey{Addr: a}}})
 		}
 	}
 	slices.SortFunc(chains, func(a, c Chain) int { return cmp.Compare(a.Name, c.Name) })
@@ -416,7 +427,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	for _, be := range used {
 		// A pod reaching itself through the Service must be masqueraded,
 		// or it would answer itself directly; postrouting checks the pair.
-		b.addElem(setHairpin(f), MapElement{Key: MapKey{Addr: be.addr}})
+		b.frag.Pairs = append(b.frag.Pairs, be.addr)
 		if !affinity || b.seen[be.set] {
 			continue
 		}

@@ -98,7 +98,14 @@ func InputFromObjects(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) 
 		return ServiceInput{}, false
 	}
 	in := ServiceInput{Service: s}
-	seen := map[netip.Addr]int{}
+	n := 0
+	for _, sl := range slices {
+		n += len(sl.Endpoints)
+	}
+	// Exactly as many as the slices hold: the Syncer keeps every Service's endpoints, and
+	// append's doubling would leave a third of them unused.
+	in.Endpoints = make([]Endpoint, 0, n)
+	seen := make(map[netip.Addr]int, n)
 	for _, sl := range slices {
 		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
