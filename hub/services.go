@@ -135,15 +135,21 @@ func stripService(obj any) (any, error) {
 	}, nil
 }
 
-// stripEndpointSlice drops managed fields and each endpoint's reference to its pod and
-// deprecated topology: a node caches every slice of the cluster, and at 100,000 endpoints the
-// references alone are tens of megabytes nobody reads.
+// stripEndpointSlice drops managed fields, the owner reference (to the Service, which the
+// service-name label names) and each endpoint's reference to its pod and deprecated topology: a
+// node caches every slice of the cluster, and at 100,000 endpoints the references alone are tens
+// of megabytes nobody reads. The endpoints are copied to a list of their own length: the decoder
+// grows it by doubling, which leaves a third of it unused on average.
 func stripEndpointSlice(obj any) (any, error) {
 	s, ok := obj.(*discoveryv1.EndpointSlice)
 	if !ok {
 		return obj, nil
 	}
 	s.ManagedFields = nil
+	s.OwnerReferences = nil
+	if cap(s.Endpoints) > len(s.Endpoints) {
+		s.Endpoints = slices.Clone(s.Endpoints)
+	}
 	for i := range s.Endpoints {
 		s.Endpoints[i].TargetRef = nil
 		s.Endpoints[i].DeprecatedTopology = nil

@@ -310,3 +310,46 @@ func TestServiceChanges(t *testing.T) {
 	}
 	check("slice deleted", map[ServiceKey]time.Time{keyAPI: {}}, keyAPI)
 }
+
+// The cached EndpointSlice keeps what the proxy and the DNS server read and loses the rest.
+func TestStripEndpointSlice(t *testing.T) {
+	in := slice("ns", "web-abc", "web", "7", t1)
+	in.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}}
+	in.OwnerReferences = []metav1.OwnerReference{{Kind: "Service", Name: "web"}}
+	zone, node, host := "zone-a", "node-1", "web-0"
+	ready := true
+	eps := make([]discoveryv1.Endpoint, 0, 4)
+	in.Endpoints = append(eps, discoveryv1.Endpoint{
+		Addresses:          []string{"10.244.1.5"},
+		Conditions:         discoveryv1.EndpointConditions{Ready: &ready, Serving: &ready},
+		Hostname:           &host,
+		NodeName:           &node,
+		Zone:               &zone,
+		Hints:              &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: zone}}},
+		TargetRef:          &corev1.ObjectReference{Kind: "Pod", Name: "web-0"},
+		DeprecatedTopology: map[string]string{"kubernetes.io/hostname": node},
+	})
+	name, port := "http", int32(8080)
+	in.Ports = []discoveryv1.EndpointPort{{Name: &name, Port: &port}}
+
+	want := slice("ns", "web-abc", "web", "7", t1)
+	want.Endpoints = []discoveryv1.Endpoint{{
+		Addresses:  []string{"10.244.1.5"},
+		Conditions: discoveryv1.EndpointConditions{Ready: &ready, Serving: &ready},
+		Hostname:   &host,
+		NodeName:   &node,
+		Zone:       &zone,
+		Hints:      &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: zone}}},
+	}}
+	want.Ports = in.Ports
+	got, err := stripEndpointSlice(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("stripped slice (-want +got):\n%s", diff)
+	}
+	if s := got.(*discoveryv1.EndpointSlice); cap(s.Endpoints) != len(s.Endpoints) {
+		t.Errorf("endpoints keep a capacity of %d for %d", cap(s.Endpoints), len(s.Endpoints))
+	}
+}

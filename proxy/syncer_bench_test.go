@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -43,6 +44,8 @@ func BenchmarkSyncerColdStart(b *testing.B) {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			world := benchWorld(n)
 			var user, sys time.Duration
+			var kept uint64 // live heap after a sync: the world and the Syncer
+			b.ReportAllocs()
 			for b.Loop() {
 				b.StopTimer()
 				node, err := testutils.NewNS()
@@ -58,6 +61,11 @@ func BenchmarkSyncerColdStart(b *testing.B) {
 				u1, s1 := cpuTime(b)
 				user, sys = user+u1-u0, sys+s1-s0
 				b.StopTimer()
+				runtime.GC()
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				kept = max(kept, ms.HeapAlloc)
+				runtime.KeepAlive(s)
 				if err := node.Close(); err != nil {
 					b.Fatal(err)
 				}
@@ -68,6 +76,7 @@ func BenchmarkSyncerColdStart(b *testing.B) {
 			}
 			b.ReportMetric(float64(user.Milliseconds())/float64(b.N), "user-ms/op")
 			b.ReportMetric(float64(sys.Milliseconds())/float64(b.N), "sys-ms/op")
+			b.ReportMetric(float64(kept)/(1<<20), "live-MiB")
 		})
 	}
 }
