@@ -543,33 +543,38 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 // are narrowed to this node's zone when every endpoint carries hints and
 // some hint names the zone.
 func (b *builder) categorize(svc Service, p ServicePort, f Family) (cluster, local []Endpoint) {
-	var all []Endpoint
-	seen := map[netip.Addr]bool{}
+	all := make([]Endpoint, 0, len(b.eps))
 	for _, ep := range b.eps {
-		if familyOf(ep.Addr) != f || seen[ep.Addr] {
+		if familyOf(ep.Addr) != f {
 			continue
 		}
 		if port, ok := ep.Ports[p.Name]; !ok || port <= 0 || port > 65535 {
 			continue
 		}
-		seen[ep.Addr] = true
 		all = append(all, ep)
 	}
-	slices.SortFunc(all, func(a, c Endpoint) int { return a.Addr.Compare(c.Addr) })
+	// By address, the first of duplicates kept: sorting and compacting
+	// needs no set of the addresses seen, and this runs for every port of
+	// every Service on a cold start.
+	slices.SortStableFunc(all, func(a, c Endpoint) int { return a.Addr.Compare(c.Addr) })
+	all = slices.CompactFunc(all, func(a, c Endpoint) bool { return a.Addr == c.Addr })
 	choose := func(eps []Endpoint) []Endpoint {
-		var ready, term []Endpoint
+		ready := 0
 		for _, ep := range eps {
-			switch {
-			case ep.Ready:
-				ready = append(ready, ep)
-			case ep.Serving && ep.Terminating:
-				term = append(term, ep)
+			if ep.Ready {
+				ready++
 			}
 		}
-		if len(ready) > 0 {
-			return ready
+		if ready == len(eps) {
+			return eps
 		}
-		return term
+		var out []Endpoint
+		for _, ep := range eps {
+			if ready > 0 && ep.Ready || ready == 0 && ep.Serving && ep.Terminating {
+				out = append(out, ep)
+			}
+		}
+		return out
 	}
 	cluster = choose(all)
 	if zone := b.facts.Node.Zone; zone != "" && len(cluster) > 0 {
