@@ -22,6 +22,7 @@ import (
 
 	"github.com/nodenet/nodenet/cniexec"
 	"github.com/nodenet/nodenet/config"
+	"github.com/nodenet/nodenet/dns"
 	"github.com/nodenet/nodenet/hub"
 	"github.com/nodenet/nodenet/ipam"
 	"github.com/nodenet/nodenet/routing"
@@ -130,15 +131,22 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 			return err
 		}
 		mtu = podMTU(d.cfg, vtep)
+		// With the proxy on, DNS publishes a Service's name once its rules are programmed.
+		var programmed *dns.KeySet
+		var announce func([]hub.ServiceKey)
+		if d.cfg.ProxyEnabled() && d.cfg.DNSEnabled() {
+			programmed = dns.NewKeySet()
+			announce = programmed.Add
+		}
 		if d.cfg.ProxyEnabled() {
-			stop, err := d.startProxy(bgRun, bg, h, nl, int(nodeNS), reg)
+			stop, err := d.startProxy(bgRun, bg, h, nl, int(nodeNS), reg, announce)
 			if err != nil {
 				return err
 			}
 			defer stop()
 		}
 		if d.cfg.DNSEnabled() {
-			ensure, closeSockets, err := d.startDNS(bgRun, bg, h, nl, int(nodeNS), reg)
+			ensure, closeSockets, err := d.startDNS(bgRun, bg, h, nl, int(nodeNS), reg, programmed)
 			if err != nil {
 				return err
 			}

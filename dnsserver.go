@@ -24,11 +24,12 @@ const dnsPort = 53
 
 // startDNS starts the node-local DNS server in the node's namespace (nodeNS, a descriptor): the
 // address on its interface, the NOTRACK rules, the sockets (from the keeper when one holds them),
-// the zone fed by the hub, the forwarder and the server. It returns a function that re-ensures
+// the zone fed by the hub (changes through programmed once the proxy has them, when it runs),
+// the forwarder and the server. It returns a function that re-ensures
 // the interface and rules, for the daemon's periodic check, and one that closes the daemon's
 // copies of the sockets once the server has stopped (the keeper keeps its own, with every query
 // that arrives until the next daemon reads them).
-func (d *daemon) startDNS(ctx context.Context, bg *errgroup.Group, h *hub.Hub, nl *netlink.Handle, nodeNS int, reg prometheus.Registerer) (ensure func() error, closeSockets func(), err error) {
+func (d *daemon) startDNS(ctx context.Context, bg *errgroup.Group, h *hub.Hub, nl *netlink.Handle, nodeNS int, reg prometheus.Registerer, programmed *dns.KeySet) (ensure func() error, closeSockets func(), err error) {
 	log := d.log.Named("dns")
 	addrs := d.cfg.DNS.Listen
 	nft, err := nftables.New(nftables.WithNetNSFd(nodeNS))
@@ -77,7 +78,7 @@ func (d *daemon) startDNS(ctx context.Context, bg *errgroup.Group, h *hub.Hub, n
 		sockets.Close()
 		return nil, nil, err
 	}
-	bg.Go(func() error { return dns.Feed(ctx, h, z, ready, log) })
+	bg.Go(func() error { return dns.Feed(ctx, h, z, ready, programmed, log) })
 	bg.Go(func() error { return fwd.Run(ctx) })
 	served := make(chan struct{})
 	bg.Go(func() error {

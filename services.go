@@ -23,10 +23,11 @@ import (
 // element another program removed comes back without a restart.
 const driftInterval = time.Minute
 
-// startProxy starts Service load balancing in the node's namespace (nodeNS, a descriptor). The
+// startProxy starts Service load balancing in the node's namespace (nodeNS, a descriptor),
+// reporting the Services it programmed to programmed (nil: nobody listens). The
 // returned function closes the health check ports and the conntrack socket; call it after bg
 // has stopped.
-func (d *daemon) startProxy(ctx context.Context, bg *errgroup.Group, h *hub.Hub, nl *netlink.Handle, nodeNS int, reg prometheus.Registerer) (func(), error) {
+func (d *daemon) startProxy(ctx context.Context, bg *errgroup.Group, h *hub.Hub, nl *netlink.Handle, nodeNS int, reg prometheus.Registerer, programmed func([]hub.ServiceKey)) (func(), error) {
 	nodePortAddrs, err := d.nodePortAddresses(nl)
 	if err != nil {
 		return nil, err
@@ -55,7 +56,7 @@ func (d *daemon) startProxy(ctx context.Context, bg *errgroup.Group, h *hub.Hub,
 	syncer := proxy.NewSyncer(proxy.NewApplier(nodeNS), proxy.Facts{Node: proxy.Node{Name: d.cfg.NodeName}}, d.log)
 	bg.Go(func() error {
 		return runner.Run(ctx, runner.Config{Hub: h, Syncer: syncer, Health: health, Conntrack: ct, Facts: facts,
-			DriftInterval: driftInterval, Registerer: reg, Log: d.log})
+			DriftInterval: driftInterval, Programmed: programmed, Registerer: reg, Log: d.log})
 	})
 	return func() {
 		health.Close()

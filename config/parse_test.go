@@ -139,9 +139,9 @@ logging: {level: debug, format: console}
 					Routing:       config.Routing{Mode: "vxlan"},
 					Proxy:         config.Proxy{Enabled: ptr(false), NodePortAddresses: prefixes("198.18.0.0/24"), MasqueradeAll: true},
 					DNS: config.DNS{
-						Enabled:   ptr(false),
-						Listen:    addrs("169.254.20.11", "fd00::a"),
-						Upstreams: []string{"192.0.2.53", "[2001:db8::53]:5353"},
+						Enabled:    ptr(false),
+						Listen:     addrs("169.254.20.11", "fd00::a"),
+						Upstreams:  []string{"192.0.2.53", "[2001:db8::53]:5353"},
 						CacheSize:  5,
 						TTL:        ptr(0),
 						ResolvConf: "/run/systemd/resolve/resolv.conf",

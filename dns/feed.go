@@ -23,16 +23,33 @@ type ServiceSource interface {
 // Feed keeps z equal to the cluster's Services until ctx ends. It marks the zone synced, and
 // closes ready, after applying the first batch of changes: the hub's first notification comes
 // once its caches synced, with every Service marked.
-func Feed(ctx context.Context, src ServiceSource, z *zone.Zone, ready chan<- struct{}, log *zap.Logger) error {
+//
+// With programmed set, later changes are taken from it instead of from the hub: a name then
+// appears, changes or goes only once the proxy has programmed its Service's rules, so a client
+// never gets an address the node cannot route yet. The first world still comes from the hub: on
+// a restart the previous process's rules are in place already, and DNS must not wait for the
+// proxy's first full sync.
+func Feed(ctx context.Context, src ServiceSource, z *zone.Zone, ready chan<- struct{}, programmed *KeySet, log *zap.Logger) error {
 	changes := src.SubscribeServices()
+	var fromProxy <-chan struct{}
 	synced := false
 	for {
+		var keys []hub.ServiceKey
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changes.C():
+			taken := changes.Take()
+			if synced && programmed != nil {
+				continue // these come through programmed once the proxy has them
+			}
+			for k := range taken {
+				keys = append(keys, k)
+			}
+		case <-fromProxy:
+			keys = programmed.Take()
 		}
-		for key := range changes.Take() {
+		for _, key := range keys {
 			if err := apply(src, z, key); err != nil {
 				// The caches are in memory: reading them fails only on a broken index, and the
 				// next change of the Service tries again.
@@ -43,7 +60,10 @@ func Feed(ctx context.Context, src ServiceSource, z *zone.Zone, ready chan<- str
 			synced = true
 			z.MarkSynced()
 			close(ready)
-			log.Info("cluster DNS zone synced")
+			log.Info("cluster DNS zone synced", zap.Int("services", len(keys)))
+			if programmed != nil {
+				fromProxy = programmed.C()
+			}
 		}
 	}
 }

@@ -51,9 +51,18 @@ func (s *Server) fast(req, dst []byte, udp bool) (a answer, q wire.Query, ok boo
 			return s.reply(req, q, r, dst, maxSize), q, true
 		}
 	}
-	if out, hit := s.cfg.Forwarder.AppendCached(dst, q.Key(), q.ID, maxSize); hit {
-		echoQuestion(out[len(dst):], req, q)
-		return answer{wire: out, rcode: int(out[len(dst)+3] & 0xf), source: sourceCache}, q, true
+	limit := maxSize
+	if q.EDNS {
+		limit -= optLen
+	}
+	if out, hit := s.cfg.Forwarder.AppendCached(dst, q.Key(), q.ID, limit); hit {
+		msg := out[len(dst):]
+		echoQuestion(msg, req, q)
+		setRD(msg, q.RD)
+		if q.EDNS {
+			out = appendOPT(out, len(dst), q.DO)
+		}
+		return answer{wire: out, rcode: int(msg[3] & 0xf), source: sourceCache}, q, true
 	}
 	return a, q, false
 }
@@ -250,4 +259,30 @@ func packAppend(m *mdns.Msg, dst []byte) ([]byte, error) {
 		return dst[:len(dst)+len(packed)], nil
 	}
 	return append(dst, packed...), nil
+}
+
+// optLen is the size of an OPT record without options.
+const optLen = 11
+
+// appendOPT appends an OPT record advertising maxUDPResponse, with the DO bit as asked, to the
+// message that starts at msgStart in b, and counts it in the header's ARCOUNT.
+func appendOPT(b []byte, msgStart int, do bool) []byte {
+	var flags byte
+	if do {
+		flags = 0x80
+	}
+	b = append(b, 0, 0, 41, byte(maxUDPResponse>>8), byte(maxUDPResponse&0xff), 0, 0, flags, 0, 0, 0)
+	arcount := binary.BigEndian.Uint16(b[msgStart+10:])
+	binary.BigEndian.PutUint16(b[msgStart+10:], arcount+1)
+	return b
+}
+
+// setRD makes a response's RD flag the query's, as RFC 1035 asks.
+func setRD(msg []byte, rd bool) {
+	const rdBit = 0x01 // in the third header byte
+	if rd {
+		msg[2] |= rdBit
+	} else {
+		msg[2] &^= rdBit
+	}
 }

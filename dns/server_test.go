@@ -64,7 +64,9 @@ func (f *fakeForwarder) AppendCached(dst []byte, k wire.Key, id uint16, maxSize 
 	req := new(mdns.Msg)
 	req.SetQuestion(k.Name, k.Type)
 	req.Id = id
-	out, err := f.answer(req).Pack()
+	resp := f.answer(req)
+	resp.Extra = nil // cached answers carry no OPT record: the server adds the client's
+	out, err := resp.Pack()
 	if err != nil || len(out) > maxSize {
 		return dst, false
 	}
@@ -211,6 +213,13 @@ func TestServeForwards(t *testing.T) {
 	resp := ask(t, "udp", srv.udp, question("Cached.Example.", mdns.TypeA))
 	if len(resp.Answer) != 1 || resp.Question[0].Name != "Cached.Example." || srv.fwd.hits.Load() != 1 || srv.fwd.resolved.Load() != 0 {
 		t.Errorf("cached name: %v (hits %d, resolved %d)", resp, srv.fwd.hits.Load(), srv.fwd.resolved.Load())
+	}
+	m := question("cached.example.", mdns.TypeA)
+	m.RecursionDesired = false
+	m.SetEdns0(1232, true)
+	resp = ask(t, "udp", srv.udp, m)
+	if opt := resp.IsEdns0(); len(resp.Answer) != 1 || opt == nil || !opt.Do() || resp.RecursionDesired {
+		t.Errorf("cached name asked with EDNS0, DO and no RD: OPT %v, RD %v, %v", opt, resp.RecursionDesired, resp)
 	}
 	resp = ask(t, "udp", srv.udp, question("www.example.org.", mdns.TypeA))
 	if len(resp.Answer) != 1 || srv.fwd.resolved.Load() != 1 {

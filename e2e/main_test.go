@@ -19,6 +19,9 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	if name := os.Getenv(resolveEnv); name != "" {
+		resolveAndExit(name)
+	}
 	os.Exit(runMain(m))
 }
 

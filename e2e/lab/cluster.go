@@ -67,8 +67,17 @@ func (cp *ControlPlane) JoinNode(ctx context.Context, opts NodeOptions) (*Node, 
 		return nil, err
 	}
 	opts.Kubeconfig = kubeconfig
+	if _, ok := opts.Config["dns"]; !ok {
+		if opts.Config == nil {
+			opts.Config = map[string]any{}
+		}
+		opts.Config["dns"] = map[string]any{"enabled": true, "upstreams": []string{UpstreamDNS}}
+	}
 	n, err := cp.lab.AddNode(opts)
 	if err != nil {
+		return nil, err
+	}
+	if err := cp.lab.startDNSKeeper(n); err != nil {
 		return nil, err
 	}
 	cidrs, err := cp.waitPodCIDRs(ctx, opts.Name)

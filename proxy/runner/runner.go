@@ -40,8 +40,13 @@ type Config struct {
 	// every drift check: node addresses and zone may change.
 	Facts         func() (proxy.Facts, error)
 	DriftInterval time.Duration
-	Registerer    prometheus.Registerer
-	Log           *zap.Logger
+	// Programmed, when set, is called from the runner's goroutine after every successful sync
+	// with the keys of the Services it changed, deleted ones included: their rules are live.
+	// It must not block. The DNS server publishes names through it, so that a name resolves
+	// only once its Service's rules are in the kernel.
+	Programmed func([]hub.ServiceKey)
+	Registerer prometheus.Registerer
+	Log        *zap.Logger
 }
 
 // bigWorld is the number of Services from which a full sync is followed
@@ -65,9 +70,11 @@ type runner struct {
 	// Trigger times of changes not yet programmed, for the programming
 	// latency; kept across failed syncs.
 	pending map[proxy.ServiceKey]time.Time
-	hcPorts map[proxy.ServiceKey]int32
-	local   map[proxy.ServiceKey]int
-	synced  bool
+	// Keys taken but not yet reported to Programmed; kept across failed syncs.
+	unannounced map[hub.ServiceKey]struct{}
+	hcPorts     map[proxy.ServiceKey]int32
+	local       map[proxy.ServiceKey]int
+	synced      bool
 }
 
 // Run syncs until ctx ends. The first sync waits for the hub's first
@@ -76,7 +83,7 @@ type runner struct {
 // Service's rules on each restart.
 func Run(ctx context.Context, cfg Config) error {
 	r := &runner{Config: cfg, m: newMetrics(cfg.Registerer), changes: cfg.Hub.SubscribeServices(),
-		pending: map[proxy.ServiceKey]time.Time{}, hcPorts: map[proxy.ServiceKey]int32{}, local: map[proxy.ServiceKey]int{}}
+		pending: map[proxy.ServiceKey]time.Time{}, unannounced: map[hub.ServiceKey]struct{}{}, hcPorts: map[proxy.ServiceKey]int32{}, local: map[proxy.ServiceKey]int{}}
 	r.Log = r.Log.Named("proxy")
 	drift := time.NewTicker(cfg.DriftInterval)
 	defer drift.Stop()
@@ -133,6 +140,7 @@ func (r *runner) sync() error {
 	udp := false
 	for hk, at := range taken {
 		k := proxy.ServiceKey(hk)
+		r.unannounced[hk] = struct{}{}
 		if t, ok := r.pending[k]; !ok || t.IsZero() || (!at.IsZero() && at.Before(t)) {
 			r.pending[k] = at
 		}
@@ -174,6 +182,7 @@ func (r *runner) sync() error {
 		// the next minutes, so the node sees the daemon's real size.
 		debug.FreeOSMemory()
 	}
+	r.announce()
 	first := !r.synced
 	r.synced = true
 	r.updateHealth(changed, first || res.Full)
@@ -185,6 +194,19 @@ func (r *runner) sync() error {
 		}
 	}
 	return nil
+}
+
+// announce reports the Services programmed since the last report.
+func (r *runner) announce() {
+	if r.Programmed == nil || len(r.unannounced) == 0 {
+		return
+	}
+	keys := make([]hub.ServiceKey, 0, len(r.unannounced))
+	for k := range r.unannounced {
+		keys = append(keys, k)
+	}
+	clear(r.unannounced)
+	r.Programmed(keys)
 }
 
 // input reads one Service and its slices from the hub; nil means the
