@@ -44,6 +44,9 @@ func TestDemoUpDown(t *testing.T) {
 		"nginx-svc",
 		"(NodePort of default/nginx-svc on node2) from outside the cluster",
 		"map service-ips-v4",
+		"ok   dig +search default-svc  — short name, same namespace → 10.",
+		"ok   dig +search test-svc  — short name, other namespace (no answer, as in the article) → (no such name)",
+		"ok   dig +search www.example.com  — external name, forwarded and cached → 192.0.2.80",
 		"sudo make demo-down",
 	} {
 		if !strings.Contains(out, want) {

@@ -174,8 +174,69 @@ func show(ctx context.Context, l *lab.Lab, dir, clusterBin string, c *checks) er
 		body, err := retryGet(ctx, cp.NS, addr)
 		c.report(fmt.Sprintf("curl http://%s/ (NodePort of default/nginx-svc on %s) from outside the cluster → %q", addr, n.Name, body), err)
 	}
-	fmt.Println("\nCluster DNS is the next nodenet release; this demo shows its lookups as it lands.")
+	return showDNS(ctx, l, test, pods["default-nginx"], c)
+}
+
+// showDNS replays the article's name lookups from pod default-test, with the resolv.conf kubelet
+// writes for a pod of namespace default: nodenet answers them at 169.254.20.10 on the pod's node,
+// and forwards external names to an upstream server standing for the world's DNS.
+func showDNS(ctx context.Context, l *lab.Lab, client, nginx *lab.Pod, c *checks) error {
+	section("Names (node-local DNS at 169.254.20.10, served by nodenet from the same state as the Services)")
+	outside, err := l.AddOutside()
+	if err != nil {
+		return err
+	}
+	if _, err := outside.ServeUpstreamDNS(lab.UpstreamDNS, map[string]string{"www.example.com": "192.0.2.80"}); err != nil {
+		return err
+	}
+	resolvConf := lab.PodResolvConf("default")
+	fmt.Printf("resolv.conf of pod default-test (as kubelet writes it with clusterDNS 169.254.20.10):\n%s\n", resolvConf)
+	podName := strings.ReplaceAll(nginx.IPs[0].Addr().String(), ".", "-") + ".default.pod.cluster.local"
+	for _, q := range []struct {
+		what string
+		args []string
+		fail bool // the article's point: a short name does not cross namespaces
+	}{
+		{"full name", []string{"default-svc.default.svc.cluster.local"}, false},
+		{"short name, same namespace", []string{"+search", "default-svc"}, false},
+		{"short name, other namespace (no answer, as in the article)", []string{"+search", "test-svc"}, true},
+		{"<service>.<namespace>", []string{"+search", "test-svc.test"}, false},
+		{"pod A record", []string{podName}, false},
+		{"external name, forwarded and cached", []string{"+search", "www.example.com"}, false},
+	} {
+		var out string
+		err := retry(ctx, func() error {
+			var err error
+			out, err = client.NS.RunWithResolvConf(resolvConf, append([]string{"dig", "+short", "+time=2", "+tries=2"}, q.args...)...)
+			out = strings.TrimSpace(out)
+			if err == nil && (out == "") != q.fail {
+				return fmt.Errorf("answer %q", out)
+			}
+			return err
+		})
+		if out == "" {
+			out = "(no such name)"
+		}
+		c.report(fmt.Sprintf("dig %s  — %s → %s", strings.Join(q.args, " "), q.what, out), err)
+	}
 	return nil
+}
+
+// retry runs f until it succeeds, for up to 10 seconds: a new Service takes a moment to be
+// programmed on every node.
+func retry(ctx context.Context, f func() error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // showServiceRules prints, from every nodenet table on the node, the verdict maps that send the
