@@ -51,6 +51,9 @@ type options struct {
 	logs       string   // where the proxies' logs are copied at the end; "" keeps only failing ones (in $TMPDIR)
 	profiles   profiler // nodenet's CPU and heap profiles per cold start; dir "" takes none
 	sides      []string
+	// nodenetMemoryLimit is GOMEMLIMIT for nodenet's daemon ("": none), as deploy/ sets it from
+	// the container's memory limit.
+	nodenetMemoryLimit string
 
 	rounds          int
 	connectServices int   // the small size, for connect latency
@@ -74,6 +77,7 @@ func benchMain() int {
 	flag.StringVar(&opts.logs, "logs", "", "directory to copy the proxies' logs into at the end (default: only a failing side's log, into $TMPDIR)")
 	flag.StringVar(&opts.profiles.dir, "profiles", "", "directory for nodenet's CPU profile of each cold start and heap profile after it (from its /debug/pprof/); empty: none")
 	flag.IntVar(&opts.profiles.seconds, "profile-seconds", 5, "length of the CPU profile that starts with each nodenet cold start")
+	flag.StringVar(&opts.nodenetMemoryLimit, "nodenet-memory-limit", "", `GOMEMLIMIT of nodenet's daemon (e.g. 100MiB), as a memory limit of its container gives it; "" for none`)
 	flag.StringVar(&sides, "sides", sideNodenet+","+sideKubeProxy, "sides to measure")
 	flag.IntVar(&opts.rounds, "rounds", 3, "rounds per size; each starts every side from cold, alternating which goes first")
 	flag.IntVar(&opts.connectServices, "connect-services", 10, "Services at the small size, where connect latency is measured first")
@@ -195,7 +199,7 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 		case sideKubeProxy:
 			s, err = newKubeProxySide(ctx, cp, l, opts.clusterBin, i+1)
 		case sideNodenet:
-			s, err = newNodenetSide(ctx, cp, l, i+1)
+			s, err = newNodenetSide(ctx, cp, l, i+1, opts.nodenetMemoryLimit)
 		}
 		if err != nil {
 			return err

@@ -309,6 +309,9 @@ func (r *report) write(w io.Writer) {
 		created = append(created, fmt.Sprintf("%d in %s", size, r.created[size].Round(time.Millisecond)))
 	}
 	fmt.Fprintf(w, "- Services created (cumulative sizes, each with its EndpointSlice): %s\n", strings.Join(created, ", "))
+	if r.opts.nodenetMemoryLimit != "" {
+		fmt.Fprintf(w, "- nodenet's daemon ran with GOMEMLIMIT=%s\n", r.opts.nodenetMemoryLimit)
+	}
 	fmt.Fprintf(w, "- %d changes per round at %d Services, %s apart; %d connects per round and target\n\n",
 		r.opts.changes, r.largest(), r.opts.changeGap, r.opts.connects)
 	main.Markdown(w)

@@ -156,14 +156,29 @@ func stopProcess(p *os.Process, done <-chan struct{}, name string) error {
 	return nil
 }
 
-// nodenetDaemon is the lab node's own `nodenet daemon`.
-type nodenetDaemon struct{ node *lab.Node }
+// nodenetDaemon is the lab node's own `nodenet daemon`. memoryLimit, when set, is its GOMEMLIMIT,
+// as deploy/ would set it from the container's memory limit.
+type nodenetDaemon struct {
+	node        *lab.Node
+	memoryLimit string
+}
 
 var _ proxyProc = nodenetDaemon{}
 
-func (d nodenetDaemon) Start() error { return d.node.Start() }
-func (d nodenetDaemon) Stop() error  { return d.node.Stop() }
-func (d nodenetDaemon) PID() int     { return d.node.PID() }
+// Start starts the daemon. The lab starts it with the benchmark's own environment, so a memory
+// limit is put there only while the daemon starts: the control plane and kube-proxy never get it.
+func (d nodenetDaemon) Start() error {
+	if d.memoryLimit == "" {
+		return d.node.Start()
+	}
+	if err := os.Setenv("GOMEMLIMIT", d.memoryLimit); err != nil {
+		return err
+	}
+	defer os.Unsetenv("GOMEMLIMIT")
+	return d.node.Start()
+}
+func (d nodenetDaemon) Stop() error { return d.node.Stop() }
+func (d nodenetDaemon) PID() int    { return d.node.PID() }
 func (d nodenetDaemon) Exited() (bool, string) {
 	exited, err := d.node.Exited()
 	if !exited {
@@ -269,7 +284,7 @@ func kubeProxyKubeconfig(ctx context.Context, cp *lab.ControlPlane, dir string) 
 
 // newNodenetSide joins a node whose daemon runs the Service proxy (the rest of its
 // configuration is the lab's), at the info log level, its default.
-func newNodenetSide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, index int) (*side, error) {
+func newNodenetSide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, index int, memoryLimit string) (*side, error) {
 	node, err := cp.JoinNode(ctx, lab.NodeOptions{Name: "nn", Index: index, Config: map[string]any{
 		"proxy":   map[string]any{"enabled": true},
 		"logging": map[string]any{"level": "info", "format": "json"},
@@ -282,7 +297,7 @@ func newNodenetSide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, index
 		return nil, err
 	}
 	return &side{
-		name: sideNodenet, node: node, rules: nodenetRules, topo: topo, proc: nodenetDaemon{node}, logPath: node.LogPath,
+		name: sideNodenet, node: node, rules: nodenetRules, topo: topo, proc: nodenetDaemon{node, memoryLimit}, logPath: node.LogPath,
 		metricsAddr: "127.0.0.1:9310", programmingMetric: "nodenet_proxy_network_programming_duration_seconds",
 	}, nil
 }
