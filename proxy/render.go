@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -155,15 +156,26 @@ func (a Action) render() string {
 		}
 		return fmt.Sprintf("numgen random mod %d vmap { %s }", len(a.Targets), strings.Join(els, ", "))
 	case ActDNATNumgen:
-		var els []string
-		for i, b := range a.Backends {
-			els = append(els, fmt.Sprintf("%d : %s . %d", i, b.Addr(), b.Port()))
-		}
-		fam := "ip"
+		// Built by hand: every Service's rule is rendered for its
+		// fingerprint, and this is the longest rendering.
+		b := []byte("dnat ip")
 		if a.Family == IPv6 {
-			fam = "ip6"
+			b = append(b, '6')
 		}
-		return fmt.Sprintf("dnat %s addr . port to numgen random mod %d map { %s }", fam, len(a.Backends), strings.Join(els, ", "))
+		b = append(b, " addr . port to numgen random mod "...)
+		b = strconv.AppendInt(b, int64(len(a.Backends)), 10)
+		b = append(b, " map { "...)
+		for i, be := range a.Backends {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = strconv.AppendInt(b, int64(i), 10)
+			b = append(b, " : "...)
+			b = be.Addr().AppendTo(b)
+			b = append(b, " . "...)
+			b = strconv.AppendUint(b, uint64(be.Port()), 10)
+		}
+		return string(append(b, " }"...))
 	case ActUpdate:
 		return fmt.Sprintf("update @%s { %s }", a.Set, keyExpr(a.Family, a.Key))
 	}
