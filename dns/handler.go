@@ -40,15 +40,19 @@ func (s *Server) fast(req, dst []byte, udp bool) (a answer, q wire.Query, ok boo
 	case q.Class != mdns.ClassINET:
 		return a, q, false
 	}
+	generation := s.cfg.Zone.Generation()
+	if a, ok := s.answers.appendAnswer(dst, req, q, generation); ok {
+		return a, q, true
+	}
 	if r := s.cfg.Zone.Answer(q.Name, q.Type); !r.OutsideZone {
 		if r.Alias != "" {
 			return a, q, false
 		}
-		return s.reply(req, q, r, dst, maxSize), q, true
+		return s.remember(q, s.reply(req, q, r, dst, maxSize), len(dst), generation), q, true
 	}
 	if strings.HasSuffix(q.Name, ".arpa.") {
 		if r, owned := s.cfg.Zone.Reverse(q.Name, q.Type); owned {
-			return s.reply(req, q, r, dst, maxSize), q, true
+			return s.remember(q, s.reply(req, q, r, dst, maxSize), len(dst), generation), q, true
 		}
 	}
 	limit := maxSize
@@ -65,6 +69,15 @@ func (s *Server) fast(req, dst []byte, udp bool) (a answer, q wire.Query, ok boo
 		return answer{wire: out, rcode: int(msg[3] & 0xf), source: sourceCache}, q, true
 	}
 	return a, q, false
+}
+
+// remember keeps a zone answer (the message starts at msgStart in a.wire) for the next query of
+// the same name and type at the same zone generation.
+func (s *Server) remember(q wire.Query, a answer, msgStart int, generation uint64) answer {
+	if a.source == sourceZone && len(a.wire) > msgStart {
+		s.answers.store(q, a.wire[msgStart:], a, generation)
+	}
+	return a
 }
 
 // udpLimit is the largest UDP response for q.

@@ -29,8 +29,17 @@ type metrics struct {
 	dropped   *prometheus.CounterVec // reason
 
 	// Resolved children, so that a query costs no label lookups.
-	requestsBy map[[2]string]prometheus.Counter
+	requestsBy  map[[2]string]prometheus.Counter
+	responsesBy map[responseKey]prometheus.Counter
+	durationBy  map[string]prometheus.Observer
 }
+
+type responseKey struct {
+	rcode  int
+	source string
+}
+
+var sources = []string{sourceZone, sourceCache, sourceUpstream, sourceError}
 
 func newMetrics() *metrics {
 	m := &metrics{
@@ -55,7 +64,15 @@ func newMetrics() *metrics {
 			Name: "nodenet_dns_dropped_requests_total",
 			Help: "Requests answered with SERVFAIL or not at all because of the server's limits or a malformed packet, by reason.",
 		}, []string{"reason"}),
-		requestsBy: map[[2]string]prometheus.Counter{},
+		requestsBy:  map[[2]string]prometheus.Counter{},
+		responsesBy: map[responseKey]prometheus.Counter{},
+		durationBy:  map[string]prometheus.Observer{},
+	}
+	for _, source := range sources {
+		m.durationBy[source] = m.duration.WithLabelValues(source)
+		for rcode := mdns.RcodeSuccess; rcode <= mdns.RcodeRefused; rcode++ {
+			m.responsesBy[responseKey{rcode, source}] = m.responses.WithLabelValues(rcodeLabel(rcode), source)
+		}
 	}
 	for _, proto := range []string{"udp", "tcp"} {
 		for _, t := range countedTypes {
@@ -89,8 +106,12 @@ func (m *metrics) request(proto string, qtype uint16) {
 }
 
 func (m *metrics) response(rcode int, source string, seconds float64) {
-	m.responses.WithLabelValues(rcodeLabel(rcode), source).Inc()
-	m.duration.WithLabelValues(source).Observe(seconds)
+	if c, ok := m.responsesBy[responseKey{rcode, source}]; ok {
+		c.Inc()
+	} else {
+		m.responses.WithLabelValues(rcodeLabel(rcode), source).Inc()
+	}
+	m.durationBy[source].Observe(seconds)
 }
 
 func rcodeLabel(rcode int) string {

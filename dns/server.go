@@ -64,6 +64,7 @@ type Server struct {
 	cfg      Config
 	log      *zap.Logger
 	metrics  *metrics
+	answers  *answerCache
 	upstream chan struct{} // a token per query waiting for an upstream; buffer MaxUpstreamQueries
 	tcpConns chan struct{} // a token per open TCP connection; buffer MaxTCPConns
 }
@@ -101,6 +102,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:      cfg,
 		log:      cfg.Log.Named("dns"),
 		metrics:  m,
+		answers:  newAnswerCache(),
 		upstream: make(chan struct{}, cfg.MaxUpstreamQueries),
 		tcpConns: make(chan struct{}, cfg.MaxTCPConns),
 	}, nil

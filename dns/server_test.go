@@ -348,3 +348,33 @@ func TestHoldUntilReady(t *testing.T) {
 		t.Errorf("after ready: %v", r)
 	}
 }
+
+// TestServeAnswersFollowChanges: an answer packed once is served again only while the zone has
+// not changed since, so a changed Service is answered anew at once.
+func TestServeAnswersFollowChanges(t *testing.T) {
+	z := testZone(t)
+	srv := startServer(t, Config{Zone: z})
+	addrOf := func(name string) string {
+		resp := ask(t, "udp", srv.udp, question(name, mdns.TypeA))
+		if len(resp.Answer) != 1 || resp.Question[0].Name != name {
+			t.Fatalf("%s: %v", name, resp)
+		}
+		return resp.Answer[0].(*mdns.A).A.String()
+	}
+	for _, name := range []string{"web.default.svc.cluster.local.", "WEB.default.svc.cluster.local."} {
+		if got := addrOf(name); got != "10.96.0.20" {
+			t.Fatalf("%s: %s", name, got)
+		}
+	}
+	z.Set("default", "web", &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: "10.96.0.21", ClusterIPs: []string{"10.96.0.21"}},
+	}, nil)
+	if got := addrOf("Web.Default.svc.cluster.local."); got != "10.96.0.21" {
+		t.Errorf("after the Service changed: %s, want 10.96.0.21", got)
+	}
+	z.Set("default", "web", nil, nil)
+	if resp := ask(t, "udp", srv.udp, question("web.default.svc.cluster.local.", mdns.TypeA)); resp.Rcode != mdns.RcodeNameError {
+		t.Errorf("after the Service was deleted: %v", resp)
+	}
+}

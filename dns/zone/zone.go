@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -36,6 +37,10 @@ type Zone struct {
 	ttl         uint32
 	nameservers []netip.Addr
 	now         func() time.Time
+
+	// generation counts changes of anything an answer depends on: an answer given at one
+	// generation is the answer for as long as it lasts (see Generation).
+	generation atomic.Uint64
 
 	mu       sync.RWMutex
 	synced   bool
@@ -93,6 +98,7 @@ func (z *Zone) Set(namespace, name string, svc *corev1.Service, endpointSlices [
 	}
 	if had || s != nil {
 		z.serial = max(z.serial+1, uint32(z.now().Unix()))
+		z.generation.Add(1)
 	}
 }
 
@@ -101,8 +107,13 @@ func (z *Zone) Set(namespace, name string, svc *corev1.Service, endpointSlices [
 func (z *Zone) MarkSynced() {
 	z.mu.Lock()
 	z.synced = true
+	z.generation.Add(1)
 	z.mu.Unlock()
 }
+
+// Generation changes whenever an answer of the zone may change. A caller that read it before
+// asking may keep the answer for as long as Generation still returns the same value.
+func (z *Zone) Generation() uint64 { return z.generation.Load() }
 
 // index adds the reverse names of a Service's cluster IPs and, for a headless Service, of its
 // endpoints.
