@@ -165,6 +165,8 @@ func TestSyncerRepairsDrift(t *testing.T) {
 		"deleted shard":      "delete table inet " + shard,
 		"extra element":      "add element inet " + shard + " service-ips-v4 { 10.96.9.9 . tcp . 80 : drop }",
 		"stale shard table":  "add table inet nodenet-svc-99",
+		"deleted pair":       "delete element inet nodenet hairpin-v4 { 10.244.0.1 . 10.244.0.1 }",
+		"extra pair":         "add element inet nodenet hairpin-v4 { 10.99.0.1 . 10.99.0.1 }",
 	} {
 		t.Run(name, func(t *testing.T) {
 			nft(t, node, cmd)
