@@ -378,3 +378,24 @@ func TestServeAnswersFollowChanges(t *testing.T) {
 		t.Errorf("after the Service was deleted: %v", resp)
 	}
 }
+
+// TestServeIPv6 serves on an IPv6 socket: the batched reads and writes work for both families.
+func TestServeIPv6(t *testing.T) {
+	uc, err := net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("[::1]:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	s, err := New(Config{Zone: testZone(t), Forwarder: &fakeForwarder{}, UDP: []*net.UDPConn{uc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = s.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+	resp := ask(t, "udp", uc.LocalAddr().String(), question("web.default.svc.cluster.local.", mdns.TypeA))
+	if len(resp.Answer) != 1 {
+		t.Errorf("over IPv6: %v", resp)
+	}
+}
