@@ -13,7 +13,7 @@ export NODENET_CACHE ?= $(HOME)/.cache/nodenet
 DEB_PACKAGES := iproute2 nftables iputils-ping dnsutils
 DEB_COMMANDS := ip nft ping dig
 
-.PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down bench bench-cni bench-proxy clean cluster-bins
+.PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down bench bench-cni bench-proxy bench-dns clean cluster-bins
 
 all: build
 
@@ -70,8 +70,10 @@ demo-down:
 # The benchmarks of bench/RESULTS.md, each against its peer in the same run: bench-cni (issue 2,
 # reference bridge + host-local; e.g. make bench-cni BENCH_FLAGS=--rounds=5) and bench-proxy
 # (issue 4, kube-proxy --proxy-mode=nftables against the same API server; about 15 minutes on 2
-# cores; e.g. make bench-proxy BENCH_PROXY_FLAGS="--scales=1000 --rounds=1").
-bench: bench-cni bench-proxy
+# cores; e.g. make bench-proxy BENCH_PROXY_FLAGS="--scales=1000 --rounds=1") and bench-dns (issue
+# 5, CoreDNS as NodeLocal DNSCache + kubernetes plugin against the same API server; about 25
+# minutes; e.g. make bench-dns BENCH_DNS_FLAGS="--scales=10 --generator=dnsperf").
+bench: bench-cni bench-proxy bench-dns
 
 bench-cni: deps build
 	$(GO) run ./bench/cni --bin $(CURDIR)/$(BIN) $(BENCH_FLAGS)
@@ -79,6 +81,14 @@ bench-cni: deps build
 bench-proxy: deps build
 	@dir=$$(hack/cluster-bins.sh) && \
 	$(GO) run ./bench/proxy --bin $(CURDIR)/$(BIN) --cluster-bin $$dir $(BENCH_PROXY_FLAGS)
+
+# dnsperf (for --generator=dnsperf) is installed here rather than in deps: only this benchmark
+# uses it.
+bench-dns: deps build
+	@command -v dnsperf >/dev/null 2>&1 || { echo "installing Debian package dnsperf"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf; }
+	@dir=$$(hack/cluster-bins.sh) && coredns=$$(hack/coredns-bin.sh) && \
+	$(GO) run ./bench/dns --bin $(CURDIR)/$(BIN) --cluster-bin $$dir --coredns $$coredns $(BENCH_DNS_FLAGS)
 
 clean:
 	rm -rf $(BIN)
