@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,14 +55,19 @@ type dnsLab struct {
 
 // TestDNS checks the node-local DNS server on a two-node cluster: the seed article's lookups
 // with the resolv.conf kubelet writes, Services appearing and disappearing, forwarding and
-// caching against an upstream the test runs, that node addresses do not answer, and no lost
-// query while the daemon restarts.
+// caching against an upstream the test runs (cache hits, negative caching, prefetch, serve-stale,
+// truncation, spoofed answers), that node addresses do not answer, and no lost query while the
+// daemon restarts.
 func TestDNS(t *testing.T) {
 	d := startDNSLab(t)
 	t.Run("seed lab lookups with dig", d.testSeedLookupsDig)
 	t.Run("seed lab lookups with Go's resolver", d.testSeedLookupsGo)
 	t.Run("Service created then deleted", d.testServiceLifecycle)
 	t.Run("forwarding and caching", d.testForwarding)
+	t.Run("prefetch of a popular name", d.testPrefetch)
+	t.Run("serve stale with the upstream stopped", d.testServeStale)
+	t.Run("truncated answer fetched over TCP", d.testTruncation)
+	t.Run("spoofed answers ignored", d.testSpoofing)
 	t.Run("node addresses do not answer", d.testNotOpenResolver)
 	t.Run("no lost query across restarts", d.testRestartUnderLoad)
 }
@@ -231,11 +239,12 @@ func (d *dnsLab) testServiceLifecycle(t *testing.T) {
 	t.Logf("deleted → NXDOMAIN in %v", gone)
 }
 
-// ask sends one query from the client pod to the node-local address.
+// ask sends one query from the client pod to the node-local address. The timeout leaves room for
+// an answer from stale data, which may wait for the upstream to fail for up to 1.8 s.
 func (d *dnsLab) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
 	var resp *dns.Msg
 	err := d.client.NS.Do(func() error {
-		c := &dns.Client{Timeout: 2 * time.Second}
+		c := &dns.Client{Timeout: 5 * time.Second}
 		m := new(dns.Msg)
 		m.SetQuestion(name, qtype)
 		var err error
@@ -243,6 +252,52 @@ func (d *dnsLab) ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, 
 		return err
 	})
 	return resp, err
+}
+
+// askA asks for name's A records and returns their addresses and the TTL of the first.
+func (d *dnsLab) askA(ctx context.Context, name string) (addrs []string, ttl uint32, err error) {
+	resp, err := d.ask(ctx, name, dns.TypeA)
+	if err != nil {
+		return nil, 0, err
+	}
+	if resp.Rcode != dns.RcodeSuccess {
+		return nil, 0, fmt.Errorf("%s: rcode %s", name, dns.RcodeToString[resp.Rcode])
+	}
+	for _, rr := range resp.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			addrs = append(addrs, a.A.String())
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, 0, fmt.Errorf("%s: no A record in %v", name, resp.Answer)
+	}
+	return addrs, resp.Answer[0].Header().Ttl, nil
+}
+
+// daemonMetrics reads the metrics of the daemon that answers the client pod.
+func (d *dnsLab) daemonMetrics(t *testing.T) map[string]float64 {
+	t.Helper()
+	m, err := metrics(t.Context(), d.n2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// metricSum adds up a metric's samples over all their labels.
+func metricSum(m map[string]float64, name string) float64 {
+	var sum float64
+	for k, v := range m {
+		if k == name || strings.HasPrefix(k, name+"{") {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// metricDelta is how much a metric grew from before to after, over all its labels.
+func metricDelta(before, after map[string]float64, name string) float64 {
+	return metricSum(after, name) - metricSum(before, name)
 }
 
 func (d *dnsLab) testForwarding(t *testing.T) {
@@ -280,17 +335,222 @@ func (d *dnsLab) testForwarding(t *testing.T) {
 	if n := d.upstream.Queries() - before; n != 1 {
 		t.Errorf("the upstream saw %d queries for one external lookup through 3 search domains, want 1", n)
 	}
-	// Serve stale: with the upstream gone, a name past its TTL is still answered.
+}
+
+// testPrefetch asks for a name with a short TTL twenty times a second. Once it has been asked ten
+// times and less than a second of its lifetime remains, the forwarder refreshes it from upstream
+// before it expires: the refreshed address reaches the client while every answer but the first
+// comes from the cache. A lookup must reach the node within that last second, which a starved
+// test process may fail to send; such an attempt proves nothing and is repeated with a new name.
+func (d *dnsLab) testPrefetch(t *testing.T) {
+	const attempts = 3
+	for i := range attempts {
+		name := fmt.Sprintf("popular-%d.example.com.", i+1)
+		if d.prefetchAttempt(t, name) {
+			return
+		}
+		t.Logf("%s: no lookup after ten others was answered in the entry's last second; again with another name", name)
+	}
+	t.Fatalf("in %d attempts no lookup was answered in an entry's last second", attempts)
+}
+
+// prefetchAttempt runs testPrefetch's lookups for name and reports whether one of them came in
+// time to trigger the prefetch.
+func (d *dnsLab) prefetchAttempt(t *testing.T, name string) bool {
+	ctx := t.Context()
+	const first, refreshed = "192.0.2.83", "192.0.2.84"
+	// A TTL of 1 s is below the forwarder's least of 5 s: the entry lives 5 s.
+	d.upstream.Set(name, 1, first)
+	before := d.daemonMetrics(t)
+	addrs, ttl, err := d.askA(ctx, name)
+	if err != nil || !slices.Equal(addrs, []string{first}) {
+		t.Fatalf("first lookup: %v %v", addrs, err)
+	}
+	if ttl != 5 {
+		t.Errorf("first answer's TTL is %d; the upstream's 1 s should be raised to the least cached, 5 s", ttl)
+	}
+	d.upstream.Set(name, 1, refreshed)
+	asked, lowestTTL, hitsBeforeLastSecond := 1, ttl, 0
+	deadline := time.Now().Add(20 * time.Second)
+	for !slices.Equal(addrs, []string{refreshed}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d lookups the client still gets %v; the upstream saw %+v", asked, addrs, d.upstream.QueriesFor(name))
+		}
+		time.Sleep(50 * time.Millisecond)
+		if addrs, ttl, err = d.askA(ctx, name); err != nil {
+			t.Fatalf("lookup %d: %v", asked+1, err)
+		}
+		asked++
+		switch {
+		case slices.Equal(addrs, []string{first}):
+			if ttl > 1 {
+				hitsBeforeLastSecond++
+			}
+			lowestTTL = min(lowestTTL, ttl)
+		case !slices.Equal(addrs, []string{refreshed}):
+			t.Fatalf("lookup %d: %v, want %s or %s", asked, addrs, first, refreshed)
+		}
+	}
+	after := d.daemonMetrics(t)
+	up := d.upstream.QueriesFor(name)
+	misses, prefetches := metricDelta(before, after, "nodenet_dns_cache_misses_total"), metricDelta(before, after, "nodenet_dns_cache_prefetch_total")
+	t.Logf("%s: %d lookups; the first address was served down to TTL %d after %d cached answers, then the refreshed one at TTL %d; upstream saw %+v; cache misses %v, prefetches %v",
+		name, asked, lowestTTL, hitsBeforeLastSecond, ttl, up, misses, prefetches)
+	if lowestTTL > 1 || hitsBeforeLastSecond < 9 {
+		return false
+	}
+	if up != (lab.QueryCount{UDP: 2}) {
+		t.Errorf("upstream saw %+v, want the first query and one refresh, over UDP", up)
+	}
+	if misses != 1 || prefetches != 1 {
+		t.Errorf("cache misses %v and prefetches %v, want 1 and 1: only the first lookup may miss the cache", misses, prefetches)
+	}
+	return true
+}
+
+// testServeStale lets a cached name expire while the upstream is stopped: it is still answered,
+// from the stale entry, with a TTL of 30 s (RFC 8767).
+func (d *dnsLab) testServeStale(t *testing.T) {
+	ctx := t.Context()
+	const name, addr = "stale.example.com.", "192.0.2.85"
+	d.upstream.Set(name, 5, addr)
+	addrs, ttl, err := d.askA(ctx, name)
+	if err != nil || !slices.Equal(addrs, []string{addr}) {
+		t.Fatalf("lookup with the upstream up: %v %v", addrs, err)
+	}
 	d.upstream.Stop()
-	t.Cleanup(func() {
-		var err error
-		if d.upstream, err = d.outside.ServeUpstreamDNS(lab.UpstreamDNS, upstreamRecords); err != nil {
+	defer func() {
+		if err := d.upstream.Start(); err != nil {
 			t.Errorf("restart the upstream: %v", err)
 		}
+	}()
+	before := d.daemonMetrics(t)
+	// Wait out the entry's lifetime: the answer's TTL is what remains of it, rounded down.
+	time.Sleep(time.Duration(ttl+1) * time.Second)
+	for i := range 2 {
+		addrs, ttl, err := d.askA(ctx, name)
+		if err != nil || !slices.Equal(addrs, []string{addr}) {
+			t.Fatalf("lookup %d of the expired name with the upstream stopped: %v %v", i+1, addrs, err)
+		}
+		if ttl != 30 {
+			t.Errorf("lookup %d: stale answer with TTL %d, want 30", i+1, ttl)
+		}
+	}
+	after := d.daemonMetrics(t)
+	stale := metricDelta(before, after, "nodenet_dns_cache_served_stale_total")
+	if stale != 2 {
+		t.Errorf("served stale %v times, want 2", stale)
+	}
+	// The stale answer may have gone out before the exchange with the stopped upstream failed,
+	// had the refusal not arrived (a stale answer waits at most 1.8 s): wait for the failure.
+	eventually(t, 5*time.Second, "a failed exchange with the stopped upstream", func() error {
+		after = d.daemonMetrics(t)
+		if metricDelta(before, after, "nodenet_dns_upstream_failures_total") < 1 {
+			return errors.New("none counted")
+		}
+		return nil
 	})
-	resp, err = d.ask(ctx, "cached.example.com.", dns.TypeA)
-	if err != nil || len(resp.Answer) != 1 {
-		t.Errorf("cached name with the upstream stopped: %v %v", resp, err)
+	t.Logf("2 lookups after expiry: served stale %v, failed upstream exchanges %v", stale, metricDelta(before, after, "nodenet_dns_upstream_failures_total"))
+}
+
+// testTruncation: a name whose answer does not fit 1232 bytes. The upstream truncates it over
+// UDP, so the forwarder asks again over TCP and caches every record; a client asking over UDP
+// gets a truncated answer from the node, and dig, asking again over TCP, gets them all.
+func (d *dnsLab) testTruncation(t *testing.T) {
+	ctx := t.Context()
+	const name = "many.example.com."
+	var want []string
+	for i := range 100 {
+		want = append(want, fmt.Sprintf("198.51.100.%d", i+1))
+	}
+	d.upstream.Set(name, 60, want...)
+
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.SetEdns0(1232, false)
+	query, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65535)
+	var n int
+	err = d.client.NS.Do(func() error {
+		var dialer net.Dialer
+		conn, err := dialer.DialContext(ctx, "udp", net.JoinHostPort(lab.NodeLocalDNS, "53"))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			return err
+		}
+		if _, err := conn.Write(query); err != nil {
+			return err
+		}
+		n, err = conn.Read(buf)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("query over UDP: %v", err)
+	}
+	var resp dns.Msg
+	if err := resp.Unpack(buf[:n]); err != nil {
+		t.Fatalf("answer over UDP: %v", err)
+	}
+	if !resp.Truncated || n > 1232 {
+		t.Errorf("answer over UDP to a 1232-byte buffer: %d bytes, TC %v, %d records; want TC within 1232 bytes", n, resp.Truncated, len(resp.Answer))
+	}
+	up := d.upstream.QueriesFor(name)
+	if up != (lab.QueryCount{UDP: 1, TCP: 1}) {
+		t.Errorf("upstream saw %+v, want one query over UDP, then one over TCP after the truncated answer", up)
+	}
+
+	out, err := d.client.NS.RunWithResolvConf(lab.PodResolvConf("default"), "dig", "+time=5", "+tries=1", "+bufsize=1232", "+noall", "+answer", "+comments", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, match := range regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(name)+`\s+\d+\s+IN\s+A\s+(\S+)$`).FindAllStringSubmatch(out, -1) {
+		got = append(got, match[1])
+	}
+	slices.SortFunc(got, func(a, b string) int { return netip.MustParseAddr(a).Compare(netip.MustParseAddr(b)) })
+	if !slices.Equal(got, want) {
+		t.Errorf("dig got %d of the %d records:\n%s", len(got), len(want), out)
+	}
+	retried := strings.Contains(out, "Truncated, retrying in TCP mode")
+	if !retried {
+		t.Errorf("dig did not retry over TCP:\n%s", out)
+	}
+	if after := d.upstream.QueriesFor(name); after != up {
+		t.Errorf("dig's lookups reached the upstream (%+v, before %+v): the cache holds the full answer", after, up)
+	}
+	t.Logf("over UDP: %d bytes, TC %v, %d records; upstream saw %+v; dig retried over TCP: %v, got %d records", n, resp.Truncated, len(resp.Answer), up, retried, len(got))
+}
+
+// testSpoofing: the upstream precedes its answer with two forged ones from the same address and
+// port, one with the wrong ID and one with the wrong question, both naming another address. The
+// forwarder ignores them and takes the genuine answer that follows, without asking again.
+func (d *dnsLab) testSpoofing(t *testing.T) {
+	ctx := t.Context()
+	const name, addr = "spoofed.example.com.", "192.0.2.86"
+	d.upstream.Set(name, lab.DefaultUpstreamTTL, addr)
+	d.upstream.Spoof(name)
+	before, forgedBefore := d.daemonMetrics(t), d.upstream.Forged()
+	for i := range 2 {
+		addrs, _, err := d.askA(ctx, name)
+		if err != nil || !slices.Equal(addrs, []string{addr}) {
+			t.Errorf("lookup %d: %v %v, want %s (forged: %s)", i+1, addrs, err, addr, lab.ForgedAddr)
+		}
+	}
+	after := d.daemonMetrics(t)
+	up, forged := d.upstream.QueriesFor(name), d.upstream.Forged()-forgedBefore
+	ignored := metricDelta(before, after, "nodenet_dns_upstream_mismatched_responses_total")
+	t.Logf("upstream saw %+v and sent %d forged answers; the node ignored %v", up, forged, ignored)
+	if up != (lab.QueryCount{UDP: 1}) {
+		t.Errorf("upstream saw %+v, want one query over UDP: the genuine answer is taken and cached", up)
+	}
+	if forged != 2 || ignored != 2 {
+		t.Errorf("%d forged answers sent and %v ignored, want 2 and 2", forged, ignored)
 	}
 }
 
@@ -411,6 +671,7 @@ func startDNSLoad(ctx context.Context, ns *lab.Netns, name string, rate int) (*d
 	})
 	go func() {
 		defer close(l.done)
+		start := time.Now()
 		tick := time.NewTicker(time.Second / time.Duration(rate))
 		defer tick.Stop()
 		var next uint16
@@ -433,12 +694,17 @@ func startDNSLoad(ctx context.Context, ns *lab.Netns, name string, rate int) (*d
 			select {
 			case <-ctx.Done():
 				break loop
-			case now := <-tick.C:
-				next++
+			case <-tick.C:
+				// A goroutine starved of CPU misses ticks; it makes up for them, so that the
+				// number of queries sent follows the clock.
 				mu.Lock()
-				queries[next] = &query{first: now, last: now, tries: 1}
-				res.sent++
-				send(next)
+				for due := int(time.Since(start) * time.Duration(rate) / time.Second); res.sent < due; {
+					now := time.Now()
+					next++
+					queries[next] = &query{first: now, last: now, tries: 1}
+					res.sent++
+					send(next)
+				}
 				mu.Unlock()
 				retry(false)
 			}
