@@ -20,26 +20,28 @@ import (
 // generatorCeiling runs the same rate search as for the sides against a trivial responder
 // (`dns echo`, a child process bound to the server CPU like the servers) on the same path: a
 // client namespace to the node-local address on lo of a server namespace. The figure is what the
-// generator can drive at most: the sides' figures mean something only well below it.
-func generatorCeiling(ctx context.Context, l *lab.Lab, opts options, logf func(string, ...any)) (_ capacity, err error) {
+// generator can drive at most: the sides' figures mean something only well below it. The
+// latencies at --latency-rate are the floor of the sides' at that rate: the path, the scheduling
+// and the generator, with no server work.
+func generatorCeiling(ctx context.Context, l *lab.Lab, opts options, logf func(string, ...any)) (_ capacity, floor perfRun, err error) {
 	srv, err := l.AddNetns("gen")
 	if err != nil {
-		return capacity{}, err
+		return capacity{}, perfRun{}, err
 	}
 	if _, err := srv.Run("ip", "addr", "add", nodeLocalAddr+"/32", "dev", "lo"); err != nil {
-		return capacity{}, err
+		return capacity{}, perfRun{}, err
 	}
 	client, err := newClient(l, srv, "gen", netip.MustParseAddr("10.244.255.254"))
 	if err != nil {
-		return capacity{}, err
+		return capacity{}, perfRun{}, err
 	}
 	self, err := os.Executable()
 	if err != nil {
-		return capacity{}, err
+		return capacity{}, perfRun{}, err
 	}
 	echo := &netnsProc{name: "trivial responder", ns: srv, argv: []string{self, "echo"}, dir: l.Dir, logPath: filepath.Join(l.Dir, "echo.log")}
 	if err := onCPU(opts.serverCPU, opts.sched, echo.Start); err != nil {
-		return capacity{}, err
+		return capacity{}, perfRun{}, err
 	}
 	defer func() { err = errors.Join(err, echo.Stop()) }()
 	var b strings.Builder
@@ -48,13 +50,19 @@ func generatorCeiling(ctx context.Context, l *lab.Lab, opts options, logf func(s
 	}
 	file := filepath.Join(l.Dir, "queries-ceiling.txt")
 	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
-		return capacity{}, err
+		return capacity{}, perfRun{}, err
 	}
 	responder := &side{name: "trivial responder", client: client, proc: echo}
 	if _, err := responder.waitAnswered(ctx, externalName(0), 10*time.Second); err != nil {
-		return capacity{}, err
+		return capacity{}, perfRun{}, err
 	}
-	return loadGen{opts: opts, client: client, server: srv, dir: l.Dir}.maxRate(ctx, file, "NOERROR", logf)
+	gen := loadGen{opts: opts, client: client, server: srv, dir: l.Dir}
+	c, err := gen.maxRate(ctx, file, "NOERROR", logf)
+	if err != nil {
+		return c, perfRun{}, err
+	}
+	floor, err = gen.latencyAt(ctx, file, "NOERROR", opts.latencyRate, logf)
+	return c, floor, err
 }
 
 // echoMain is the trivial responder's main (`dns echo`): it serves the node-local address of its

@@ -316,24 +316,24 @@ func (g loadGen) maxRate(ctx context.Context, file, rcode string, logf func(stri
 	}
 }
 
-// halfLoad measures every answer's latency at rate, tried again like a step of the search while
+// latencyAt measures every answer's latency at rate, tried again like a step of the search while
 // a try loses queries (up to opts.tries in all); the last try counts.
-func (g loadGen) halfLoad(ctx context.Context, m *mix, rate float64, logf func(string, ...any)) (perfRun, error) {
+func (g loadGen) latencyAt(ctx context.Context, file, rcode string, rate float64, logf func(string, ...any)) (perfRun, error) {
 	var res perfRun
 	for try := range g.opts.tries {
 		if err := pause(ctx); err != nil {
 			return res, err
 		}
 		var err error
-		if res, err = g.run(ctx, m.file, rate, g.opts.step, true); err != nil {
+		if res, err = g.run(ctx, file, rate, g.opts.step, true); err != nil {
 			return res, err
 		}
-		ok, why := res.clean(m.rcode)
+		ok, why := res.clean(rcode)
 		if ok {
 			break
 		}
 		if try < g.opts.tries-1 {
-			logf("    half load, %.0f/s: %s; again", rate, why)
+			logf("    latency at %.0f/s: %s; again", rate, why)
 		}
 	}
 	return res, nil

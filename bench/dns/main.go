@@ -65,6 +65,7 @@ type options struct {
 	clients, inFlight  int           // dnsperf -c and -q
 	step               time.Duration // length of one load step
 	tries              int           // of a step that fails
+	latencyRate        float64       // where every side's latency is also measured
 	timeout            time.Duration // a query unanswered this long is lost
 	precision          float64       // the search stops when the failing rate is within this factor of the passing one
 	grace              time.Duration
@@ -80,6 +81,8 @@ func main() {
 			err = loadgenMain(os.Args[2:], os.Stdout)
 		case "echo":
 			err = echoMain()
+		case "upstream":
+			err = upstreamMain(os.Args[2:], os.Stdout)
 		default:
 			os.Exit(benchMain())
 		}
@@ -116,6 +119,7 @@ func benchMain() int {
 	flag.IntVar(&opts.inFlight, "in-flight", 200, "dnsperf -q: queries outstanding at most")
 	flag.DurationVar(&opts.step, "step", 4*time.Second, "length of one load step")
 	flag.IntVar(&opts.tries, "tries", 2, "tries of a step before it counts as failed")
+	flag.Float64Var(&opts.latencyRate, "latency-rate", 5000, "rate (queries/s) at which every side's latency is also measured, below every side's capacity")
 	flag.DurationVar(&opts.timeout, "timeout", time.Second, "a query not answered within this is lost")
 	flag.Float64Var(&opts.precision, "precision", 1.04, "the rate search stops when the lowest failing rate is within this factor of the highest passing one")
 	flag.DurationVar(&opts.grace, "grace", time.Minute, "a side that answers no Service name this long after its start is not available")
@@ -148,8 +152,8 @@ func benchMain() int {
 		fmt.Fprintln(os.Stderr, "bench/dns: --nice must be within -20..19")
 		return 2
 	}
-	if opts.precision <= 1 || opts.step < time.Second || opts.timeout <= 0 {
-		fmt.Fprintln(os.Stderr, "bench/dns: --precision must be above 1, --step at least 1s, --timeout positive")
+	if opts.precision <= 1 || opts.step < time.Second || opts.timeout <= 0 || opts.latencyRate < minRate {
+		fmt.Fprintf(os.Stderr, "bench/dns: --precision must be above 1, --step at least 1s, --timeout positive, --latency-rate at least %d\n", minRate)
 		return 2
 	}
 	if os.Geteuid() != 0 {
@@ -225,7 +229,7 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 		return err
 	}
 	var sides []*side
-	var stopUpstream func()
+	var up *netnsProc
 	defer func() {
 		logf("removing the lab (processes, namespaces, files)")
 		for _, s := range sides {
@@ -236,14 +240,14 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 				logf("%s log kept in %s", s.name, path)
 			}
 		}
-		if stopUpstream != nil {
-			stopUpstream()
+		if up != nil {
+			err = errors.Join(err, up.Stop())
 		}
 		err = errors.Join(err, l.Close())
 	}()
 
 	logf("measuring the load generator's ceiling against a trivial responder")
-	ceiling, err := generatorCeiling(ctx, l, opts, logf)
+	ceiling, floor, err := generatorCeiling(ctx, l, opts, logf)
 	if err != nil {
 		return fmt.Errorf("load generator ceiling: %w", err)
 	}
@@ -264,11 +268,9 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 	if err != nil {
 		return err
 	}
-	up, err := startUpstream(outside, opts.externalNames)
-	if err != nil {
+	if up, err = startUpstream(ctx, l, outside, opts); err != nil {
 		return err
 	}
-	stopUpstream = up.stop
 	logf("joining the nodes")
 	for i, name := range opts.sides {
 		var s *side
@@ -293,7 +295,7 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 		code = []byte("unknown (git describe failed)")
 	}
 	rep := &report{opts: opts, started: started.UTC(), corednsVersion: strings.SplitN(strings.TrimSpace(string(corednsVersion)), "\n", 2)[0],
-		code: strings.TrimSpace(string(code)), ceiling: ceiling,
+		code: strings.TrimSpace(string(code)), ceiling: ceiling, floor: floor,
 		results: map[string]map[int][]roundResult{}, created: map[int]time.Duration{}}
 	for _, size := range opts.scales {
 		took, err := w.grow(ctx, size)
@@ -302,7 +304,7 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 		}
 		rep.created[size] = took
 		logf("%d Services in the API server (created in %v)", size, took.Round(time.Millisecond))
-		mixes, err := writeMixes(l.Dir, size, w, up)
+		mixes, err := writeMixes(l.Dir, size, w, opts.externalNames)
 		if err != nil {
 			return err
 		}
@@ -340,7 +342,9 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 			rep.unavailable = append(rep.unavailable, [2]string{s.name, s.unavailable})
 		}
 	}
-	rep.upstreamQueries = up.queries.Load()
+	if rep.upstreamQueries, err = upstreamQueries(up); err != nil {
+		return err
+	}
 	rep.finished = time.Now().UTC()
 	rep.write(out)
 	return nil

@@ -42,14 +42,14 @@ var searchSuffixes = []string{benchNamespace + ".svc." + clusterDomain, "svc." +
 // every external name under each search suffix, which the cluster domain's server must deny,
 // (c) every external name, answered from the cache after the warm-up. Each file is shuffled with
 // a fixed seed, so both sides get the same order.
-func writeMixes(dir string, size int, w *workload, up *upstream) ([]*mix, error) {
+func writeMixes(dir string, size int, w *workload, externalNames int) ([]*mix, error) {
 	cluster := &mix{name: mixCluster, what: "Service names (A)", rcode: "NOERROR", targetRatio: 3}
 	for i := range size {
 		cluster.queries = append(cluster.queries, query{serviceFQDN(i), w.vips[i]})
 	}
 	search := &mix{name: mixSearch, what: "search-path NXDOMAINs (A)", rcode: "NXDOMAIN"}
 	external := &mix{name: mixExternal, what: "cached external names (A)", rcode: "NOERROR", targetRatio: 3}
-	for i := range up.names {
+	for i := range externalNames {
 		name := externalName(i)
 		external.queries = append(external.queries, query{name, externalAddr(i)})
 		for _, suffix := range searchSuffixes {

@@ -29,6 +29,7 @@ type report struct {
 	code              string // git describe of the tree nodenet was built from
 	started, finished time.Time
 	ceiling           capacity
+	floor             perfRun                          // the trivial responder at --latency-rate
 	created           map[int]time.Duration            // by size: time to create the Services added
 	results           map[string]map[int][]roundResult // by side, then size: one per round
 	unavailable       [][2]string                      // side, reason
@@ -82,13 +83,15 @@ func (r *report) rows() []row {
 			return m.capacity.best.qps, ok && m.capacity.found
 		}
 	}
-	latency := func(name string, p float64) func(roundResult) (float64, bool) {
+	half := func(m mixResult) perfRun { return m.half }
+	common := func(m mixResult) perfRun { return m.common }
+	latency := func(name string, p float64, run func(mixResult) perfRun) func(roundResult) (float64, bool) {
 		return func(x roundResult) (float64, bool) {
 			m, ok := x.mixes[name]
-			if !ok || len(m.half.latencies) == 0 {
+			if !ok || len(run(m).latencies) == 0 {
 				return 0, false
 			}
-			return float64(summary.Percentile(m.half.latencies, p)), true
+			return float64(summary.Percentile(run(m).latencies, p)), true
 		}
 	}
 	fqps := func(v float64) string { return fmt.Sprintf("%.0f/s", v) }
@@ -111,12 +114,16 @@ func (r *report) rows() []row {
 			}
 			rows = append(rows, x)
 			for _, p := range []float64{50, 99} {
-				y := both(fmt.Sprintf("  p%.0f at half that rate", p), size, latency(m.name, p), fus)
+				y := both(fmt.Sprintf("  p%.0f at half that rate", p), size, latency(m.name, p, half), fus)
 				if p == 99 {
 					y.target = "nodenet < " + summary.Millis(targetP99)
 					y.pass = func(n, _ value) (bool, bool) { return n.v < float64(targetP99), n.ok }
 				}
 				rows = append(rows, y)
+			}
+			for _, p := range []float64{50, 99} {
+				rows = append(rows, both(fmt.Sprintf("  p%.0f at %.0f/s, both (trivial responder: %s)", p, r.opts.latencyRate,
+					us(summary.Percentile(r.floor.latencies, p))), size, latency(m.name, p, common), fus))
 			}
 		}
 	}
@@ -182,7 +189,7 @@ func (r *report) isUnavailable(side string) bool {
 func (r *report) roundsTable() summary.Table {
 	t := summary.Table{Header: []string{"Services", "round", "first", "side", "CPUs", "ready"}}
 	for _, m := range r.mixes {
-		t.Header = append(t.Header, m.name+": max QPS (unpaced)", "half: p50 / p99 / lost")
+		t.Header = append(t.Header, m.name+": max QPS (unpaced)", "half: p50 / p99 / lost", fmt.Sprintf("%.0f/s: p50 / p99 / lost", r.opts.latencyRate))
 	}
 	t.Header = append(t.Header, "RSS warm / after / peak")
 	for _, size := range r.opts.scales {
@@ -208,6 +215,12 @@ func (r *report) roundsTable() summary.Table {
 							us(summary.Percentile(mr.half.latencies, 99)), mr.half.lost)
 					}
 					cells = append(cells, half)
+					common := ""
+					if len(mr.common.latencies) > 0 {
+						common = fmt.Sprintf("%s / %s / %d", us(summary.Percentile(mr.common.latencies, 50)),
+							us(summary.Percentile(mr.common.latencies, 99)), mr.common.lost)
+					}
+					cells = append(cells, common)
 				}
 				cells = append(cells, fmt.Sprintf("%s / %s / %s", summary.MiB(x.warm.rss), summary.MiB(x.end.rss), summary.MiB(x.end.hwm)))
 				t.Rows = append(t.Rows, cells)
@@ -253,8 +266,9 @@ func (r *report) write(w io.Writer) {
 func (r *report) notes(w io.Writer) {
 	c := r.ceiling
 	if c.found {
-		fmt.Fprintf(w, "\nLoad generator ceiling: %.0f queries/s with no loss (unpaced %.0f/s) against a trivial responder bound to CPU %d.\n",
-			c.best.qps, c.probe.qps, r.opts.serverCPU)
+		fmt.Fprintf(w, "\nLoad generator ceiling: %.0f queries/s with no loss (unpaced %.0f/s) against a trivial responder bound to CPU %d; at %.0f/s it answered with p50 %s, p99 %s (%d lost).\n",
+			c.best.qps, c.probe.qps, r.opts.serverCPU, r.opts.latencyRate, us(summary.Percentile(r.floor.latencies, 50)),
+			us(summary.Percentile(r.floor.latencies, 99)), r.floor.lost)
 		for _, side := range []string{sideNodenet, sideCoreDNS} {
 			for _, size := range r.opts.scales {
 				for _, m := range r.mixes {

@@ -13,6 +13,7 @@ import (
 type mixResult struct {
 	capacity capacity
 	half     perfRun // at half the highest clean rate, with every latency
+	common   perfRun // at --latency-rate, the same for every side, with every latency
 }
 
 // roundResult is what one side measured in one round at one size.
@@ -71,9 +72,12 @@ func (s *side) round(ctx context.Context, w *workload, mixes []*mix, opts option
 			return res, err
 		}
 		if mr.capacity.found {
-			if mr.half, err = gen.halfLoad(ctx, m, mr.capacity.best.rate/2, logf); err != nil {
+			if mr.half, err = gen.latencyAt(ctx, m.file, m.rcode, mr.capacity.best.rate/2, logf); err != nil {
 				return res, err
 			}
+		}
+		if mr.common, err = gen.latencyAt(ctx, m.file, m.rcode, opts.latencyRate, logf); err != nil {
+			return res, err
 		}
 		res.mixes[m.name] = mr
 		if exited, log := s.proc.Exited(); exited {

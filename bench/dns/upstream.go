@@ -1,13 +1,21 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -30,47 +38,97 @@ func externalName(i int) string { return fmt.Sprintf("ext-%d.%s", i, externalZon
 func externalAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{203, 0, 113, byte(i%254 + 1)}) }
 
 // upstream answers A queries for the names ext-0 … ext-(n-1) of externalZone, NODATA for their
-// other types and NXDOMAIN for anything else, over UDP and TCP.
+// other types and NXDOMAIN for anything else.
 type upstream struct {
 	names   int
 	queries atomic.Int64 // every query it was asked, to show how often the caches went upstream
-	servers []*dns.Server
-	wg      sync.WaitGroup
 }
 
-func startUpstream(outside *lab.Netns, names int) (*upstream, error) {
-	u := &upstream{names: names}
-	var pc net.PacketConn
-	var ln net.Listener
-	err := outside.Do(func() (err error) {
-		if pc, err = net.ListenPacket("udp4", upstreamAddr.String()); err != nil {
+// startUpstream runs the upstream (`dns upstream`) on the outside host, scheduled like the load
+// generator and on its CPU, never the server's: it stands for a server on another machine, which
+// answers a cache's refill promptly however busy the node is. (In the benchmark's own process,
+// under the fair scheduler beside two real-time programs, it answered so late under load that
+// CoreDNS's forwarder timed out.)
+func startUpstream(ctx context.Context, l *lab.Lab, outside *lab.Netns, opts options) (*netnsProc, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	p := &netnsProc{name: "upstream", ns: outside, argv: []string{self, "upstream", "-names", strconv.Itoa(opts.externalNames)},
+		dir: l.Dir, logPath: filepath.Join(l.Dir, "upstream.log")}
+	if err := onCPU(opts.loadCPU, opts.sched, p.Start); err != nil {
+		return nil, err
+	}
+	probe := &side{name: p.name, client: outside, proc: p}
+	_, err = probe.waitFor(ctx, 10*time.Second, func() error {
+		qctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		c, err := outside.Dial(qctx, "udp4", upstreamAddr.String())
+		if err != nil {
 			return err
 		}
-		ln, err = net.Listen("tcp4", upstreamAddr.String())
+		defer c.Close()
+		resp, err := exchange(qctx, &dns.Conn{Conn: c}, externalName(0))
+		if err == nil {
+			err = check(query{externalName(0), externalAddr(0)}, resp)
+		}
 		return err
 	})
 	if err != nil {
-		if pc != nil {
-			pc.Close()
-		}
-		return nil, fmt.Errorf("upstream on %s: %w", upstreamAddr, err)
+		return nil, errors.Join(err, p.Stop())
 	}
-	u.servers = []*dns.Server{{PacketConn: pc, Handler: u}, {Listener: ln, Handler: u}}
-	for _, s := range u.servers {
-		u.wg.Go(func() {
-			// ActivateAndServe returns when stop shuts the server down.
-			_ = s.ActivateAndServe()
-		})
-	}
-	return u, nil
+	return p, nil
 }
 
-func (u *upstream) stop() {
-	for _, s := range u.servers {
-		// Shutdown fails only for a server that never started, which Wait then covers.
+// upstreamQueries stops the upstream and reads how many queries it answered from the last line
+// of its log ("queries N").
+func upstreamQueries(p *netnsProc) (int64, error) {
+	if err := p.Stop(); err != nil {
+		return 0, err
+	}
+	last := lab.Tail(p.logPath, 1)
+	n, err := strconv.ParseInt(strings.TrimPrefix(last, "queries "), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("upstream log: %q: %w", last, err)
+	}
+	return n, nil
+}
+
+// upstreamMain is the upstream's main (`dns upstream -names N`): it serves upstreamAddr over UDP
+// and TCP in its namespace until SIGTERM, then prints how many queries it answered.
+func upstreamMain(args []string, out io.Writer) error {
+	u := &upstream{}
+	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
+	fs.IntVar(&u.names, "names", 1000, "external names ext-0 … ext-(N-1)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp4", upstreamAddr.String())
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp4", upstreamAddr.String())
+	if err != nil {
+		pc.Close()
+		return err
+	}
+	servers := []*dns.Server{{PacketConn: pc, Handler: u}, {Listener: ln, Handler: u}}
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() { errc <- s.ActivateAndServe() }()
+	}
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case <-term:
+	case err = <-errc:
+	}
+	for _, s := range servers {
+		// Shutdown fails only for a server that is not running, which errc has reported.
 		_ = s.Shutdown()
 	}
-	u.wg.Wait()
+	fmt.Fprintf(out, "queries %d\n", u.queries.Load())
+	return err
 }
 
 func (u *upstream) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
