@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -100,7 +101,14 @@ func (w *workload) create(ctx context.Context, i int) (netip.Addr, error) {
 				TargetPort: intstr.FromInt32(backendPort)}},
 		},
 	}
-	created, err := w.client.CoreV1().Services(benchNamespace).Create(ctx, svc, metav1.CreateOptions{})
+	var created *corev1.Service
+	err := retry(ctx, func() (err error) {
+		created, err = w.client.CoreV1().Services(benchNamespace).Create(ctx, svc, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) { // an earlier try that timed out went through
+			created, err = w.client.CoreV1().Services(benchNamespace).Get(ctx, name, metav1.GetOptions{})
+		}
+		return err
+	})
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("create service %s: %w", name, err)
 	}
@@ -122,8 +130,37 @@ func (w *workload) create(ctx context.Context, i int) (netip.Addr, error) {
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)},
 		}},
 	}
-	if _, err := w.client.DiscoveryV1().EndpointSlices(benchNamespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+	err = retry(ctx, func() error {
+		_, err := w.client.DiscoveryV1().EndpointSlices(benchNamespace).Create(ctx, slice, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
 		return netip.Addr{}, fmt.Errorf("create endpointslice of %s: %w", name, err)
 	}
 	return vip, nil
+}
+
+// retry calls f until it succeeds, up to five times, while it fails the way an overloaded API
+// server or etcd does ("etcdserver: request timed out" comes back as an internal error): on a
+// busy shared machine a create of 10,000 can meet one.
+func retry(ctx context.Context, f func() error) error {
+	var err error
+	for try := range 5 {
+		if try > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(try) * time.Second):
+			}
+		}
+		err = f()
+		if err == nil || !(apierrors.IsInternalError(err) || apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) ||
+			apierrors.IsTooManyRequests(err) || apierrors.IsServiceUnavailable(err) || strings.Contains(err.Error(), "request timed out")) {
+			return err
+		}
+	}
+	return err
 }
