@@ -22,7 +22,6 @@ import (
 
 	"github.com/nodenet/nodenet/cniexec"
 	"github.com/nodenet/nodenet/config"
-	"github.com/nodenet/nodenet/dns"
 	"github.com/nodenet/nodenet/hub"
 	"github.com/nodenet/nodenet/ipam"
 	"github.com/nodenet/nodenet/routing"
@@ -132,11 +131,15 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 		}
 		mtu = podMTU(d.cfg, vtep)
 		// With the proxy on, DNS publishes a Service's name once its rules are programmed.
-		var programmed *dns.KeySet
+		var programmed *hub.ServiceChanges
 		var announce func([]hub.ServiceKey)
 		if d.cfg.ProxyEnabled() && d.cfg.DNSEnabled() {
-			programmed = dns.NewKeySet()
-			announce = programmed.Add
+			programmed = hub.NewServiceChanges()
+			announce = func(keys []hub.ServiceKey) {
+				for _, k := range keys {
+					programmed.Mark(k)
+				}
+			}
 		}
 		if d.cfg.ProxyEnabled() {
 			stop, err := d.startProxy(bgRun, bg, h, nl, int(nodeNS), reg, announce)

@@ -29,7 +29,7 @@ const dnsPort = 53
 // the interface and rules, for the daemon's periodic check, and one that closes the daemon's
 // copies of the sockets once the server has stopped (the keeper keeps its own, with every query
 // that arrives until the next daemon reads them).
-func (d *daemon) startDNS(ctx context.Context, bg *errgroup.Group, h *hub.Hub, nl *netlink.Handle, nodeNS int, reg prometheus.Registerer, programmed *dns.KeySet) (ensure func() error, closeSockets func(), err error) {
+func (d *daemon) startDNS(ctx context.Context, bg *errgroup.Group, h *hub.Hub, nl *netlink.Handle, nodeNS int, reg prometheus.Registerer, programmed *hub.ServiceChanges) (ensure func() error, closeSockets func(), err error) {
 	log := d.log.Named("dns")
 	addrs := d.cfg.DNS.Listen
 	nft, err := nftables.New(nftables.WithNetNSFd(nodeNS))

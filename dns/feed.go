@@ -3,6 +3,7 @@ package dns
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -29,27 +30,24 @@ type ServiceSource interface {
 // never gets an address the node cannot route yet. The first world still comes from the hub: on
 // a restart the previous process's rules are in place already, and DNS must not wait for the
 // proxy's first full sync.
-func Feed(ctx context.Context, src ServiceSource, z *zone.Zone, ready chan<- struct{}, programmed *KeySet, log *zap.Logger) error {
+func Feed(ctx context.Context, src ServiceSource, z *zone.Zone, ready chan<- struct{}, programmed *hub.ServiceChanges, log *zap.Logger) error {
 	changes := src.SubscribeServices()
 	var fromProxy <-chan struct{}
 	synced := false
 	for {
-		var keys []hub.ServiceKey
+		var keys map[hub.ServiceKey]time.Time
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changes.C():
-			taken := changes.Take()
+			keys = changes.Take()
 			if synced && programmed != nil {
 				continue // these come through programmed once the proxy has them
-			}
-			for k := range taken {
-				keys = append(keys, k)
 			}
 		case <-fromProxy:
 			keys = programmed.Take()
 		}
-		for _, key := range keys {
+		for key := range keys {
 			if err := apply(src, z, key); err != nil {
 				// The caches are in memory: reading them fails only on a broken index, and the
 				// next change of the Service tries again.

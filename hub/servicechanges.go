@@ -20,6 +20,16 @@ type ServiceChanges struct {
 	pending map[ServiceKey]time.Time
 }
 
+// NewServiceChanges returns a tracker the hub does not feed, for a component that passes Service
+// keys on to another: the proxy tells the DNS server which Services it has programmed.
+func NewServiceChanges() *ServiceChanges { return &ServiceChanges{ch: make(chan struct{}, 1)} }
+
+// Mark records that key changed and wakes the subscriber; it never blocks.
+func (c *ServiceChanges) Mark(key ServiceKey) {
+	c.mark(key, time.Time{})
+	notify(c.ch)
+}
+
 // C receives a value when keys are waiting to be taken.
 func (c *ServiceChanges) C() <-chan struct{} { return c.ch }
 

@@ -353,3 +353,25 @@ func TestStripEndpointSlice(t *testing.T) {
 		t.Errorf("endpoints keep a capacity of %d for %d", cap(s.Endpoints), len(s.Endpoints))
 	}
 }
+
+// TestStandaloneServiceChanges: a tracker the hub does not feed coalesces the keys marked on it
+// and wakes its reader once.
+func TestStandaloneServiceChanges(t *testing.T) {
+	c := NewServiceChanges()
+	a, b := ServiceKey{Namespace: "ns", Name: "a"}, ServiceKey{Namespace: "ns", Name: "b"}
+	c.Mark(a)
+	c.Mark(b)
+	c.Mark(a)
+	select {
+	case <-c.C():
+	default:
+		t.Fatal("Mark did not wake the reader")
+	}
+	got := c.Take()
+	if len(got) != 2 || !got[a].IsZero() || !got[b].IsZero() {
+		t.Errorf("Take = %v, want a and b without trigger times", got)
+	}
+	if c.Take() != nil {
+		t.Error("a second Take returned keys again")
+	}
+}

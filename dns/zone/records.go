@@ -142,10 +142,9 @@ func published(c discoveryv1.EndpointConditions, publishNotReady bool) bool {
 
 // dashed writes an address as one DNS label: dots or colons become dashes, as the spec's
 // system-assigned endpoint names and pod names do (10.244.1.5 → 10-244-1-5, fd00::1 → fd00--1).
-func dashed(a netip.Addr) string {
-	r := strings.NewReplacer(".", "-", ":", "-")
-	return r.Replace(a.String())
-}
+func dashed(a netip.Addr) string { return addressSeparators.Replace(a.String()) }
+
+var addressSeparators = strings.NewReplacer(".", "-", ":", "-")
 
 // undash reads a label written by dashed; ok is false when it is not an address.
 func undash(label string) (netip.Addr, bool) {
