@@ -71,7 +71,7 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	var client kubernetes.Interface
 	if !d.cfg.Standalone() {
 		var err error
-		if client, err = newKubeClient(d.cfg.Kubeconfig); err != nil {
+		if client, err = newKubeClient(d.cfg.Kubeconfig, d.cfg.APIServer, d.log); err != nil {
 			return err
 		}
 	}

@@ -15,18 +15,29 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/nodenet/nodenet/config"
 )
 
-// newKubeClient uses the in-cluster service account when kubeconfig is empty.
-func newKubeClient(kubeconfig string) (kubernetes.Interface, error) {
+// newKubeClient uses the in-cluster service account when kubeconfig is empty, connecting where
+// inClusterServer says.
+func newKubeClient(kubeconfig string, apiServer config.APIServer, log *zap.Logger) (kubernetes.Interface, error) {
 	var rc *rest.Config
 	var err error
 	if kubeconfig == "" {
 		rc, err = rest.InClusterConfig()
-	} else {
-		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
-	if err != nil {
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster service account (kubeconfig: \"\"): %w", err)
+		}
+		server, source, err := inClusterServer(apiServer)
+		if err != nil {
+			return nil, err
+		}
+		if server != "" {
+			rc.Host = server
+		}
+		log.Info("API server", zap.String("server", rc.Host), zap.String("from", source))
+	} else if rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
 		return nil, fmt.Errorf("kubeconfig %q: %w", kubeconfig, err)
 	}
 	rc.UserAgent = "nodenet/" + version

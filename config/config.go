@@ -20,6 +20,7 @@ type Config struct {
 	Kind          string         `json:"kind"`
 	NodeName      string         `json:"nodeName"`
 	Kubeconfig    string         `json:"kubeconfig"`
+	APIServer     APIServer      `json:"apiServer"`
 	ClusterCIDRs  []netip.Prefix `json:"clusterCIDRs"`
 	ServiceCIDRs  []netip.Prefix `json:"serviceCIDRs"`
 	PodCIDRs      []netip.Prefix `json:"podCIDRs"`
@@ -33,6 +34,18 @@ type Config struct {
 	Metrics       Endpoint       `json:"metrics"`
 	Health        Endpoint       `json:"health"`
 	Logging       Logging        `json:"logging"`
+}
+
+// APIServer says how the daemon reaches the API server when it runs in the cluster (kubeconfig
+// ""). Without kube-proxy the kubernetes Service's ClusterIP answers only once nodenet itself has
+// programmed it, so a node's first daemon must reach the API server directly.
+type APIServer struct {
+	// URL of the API server, e.g. https://192.0.2.10:6443. Empty takes the server of the first
+	// of KubeletKubeconfigs that names one, else the kubernetes Service (KUBERNETES_SERVICE_HOST).
+	URL string `json:"url"`
+	// KubeletKubeconfigs are the node kubelet's kubeconfig files as the daemon sees them; only
+	// their server address is read (the daemon authenticates with its own service account).
+	KubeletKubeconfigs []string `json:"kubeletKubeconfigs"`
 }
 
 // CNI configures the pod network plumbing and the files handed to the container runtime.

@@ -65,6 +65,7 @@ func defaults() config.Config {
 		NodeName:      "node-a",
 		ClusterCIDRs:  prefixes("10.244.0.0/16"),
 		ServiceCIDRs:  prefixes("10.96.0.0/12"),
+		APIServer:     config.APIServer{KubeletKubeconfigs: []string{"/host/etc/kubernetes/kubelet.conf"}},
 		ClusterDomain: "cluster.local",
 		StateDir:      "/var/lib/nodenet",
 		RunDir:        "/run/nodenet",
@@ -99,6 +100,15 @@ func TestParseValid(t *testing.T) {
 			},
 		},
 		{name: "empty document", doc: "", want: defaults},
+		{
+			name: "API server URL, no kubelet kubeconfig",
+			doc:  "apiServer: {url: \"https://192.0.2.10:6443\", kubeletKubeconfigs: []}",
+			want: func() config.Config {
+				c := defaults()
+				c.APIServer = config.APIServer{URL: "https://192.0.2.10:6443", KubeletKubeconfigs: []string{}}
+				return c
+			},
+		},
 		{name: "only whitespace and comments", doc: "\n  # nothing here\n", want: defaults},
 		{name: "empty mapping", doc: "{}", want: defaults},
 		{name: "explicit nulls mean unset", doc: "nodeName: null\ncni: null\ndns: {cacheSize: null}\n", want: defaults},
@@ -109,6 +119,7 @@ func TestParseValid(t *testing.T) {
 kind: NodenetConfig
 nodeName: worker-7.example
 kubeconfig: /etc/nodenet/kubeconfig
+apiServer: {kubeletKubeconfigs: [/var/lib/kubelet/kubeconfig]}
 clusterCIDRs: [10.244.0.0/16, "fd00:10:244::/48"]
 serviceCIDRs: [10.96.0.0/12, "fd00:10:96::/112"]
 podCIDRs: [10.244.7.0/24, "fd00:10:244:7::/64"]
@@ -129,6 +140,7 @@ logging: {level: debug, format: console}
 					Kind:          "NodenetConfig",
 					NodeName:      "worker-7.example",
 					Kubeconfig:    "/etc/nodenet/kubeconfig",
+					APIServer:     config.APIServer{KubeletKubeconfigs: []string{"/var/lib/kubelet/kubeconfig"}},
 					ClusterCIDRs:  prefixes("10.244.0.0/16", "fd00:10:244::/48"),
 					ServiceCIDRs:  prefixes("10.96.0.0/12", "fd00:10:96::/112"),
 					PodCIDRs:      prefixes("10.244.7.0/24", "fd00:10:244:7::/64"),
@@ -259,7 +271,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level key",
 			doc:  "clusterCIDR: [10.244.0.0/16]",
-			want: "config: clusterCIDR: unknown key (allowed: apiVersion, clusterCIDRs, clusterDomain, cni, dns, health, kind, kubeconfig, logging, metrics, nodeName, podCIDRs, proxy, routing, runDir, serviceCIDRs, stateDir)",
+			want: "config: clusterCIDR: unknown key (allowed: apiServer, apiVersion, clusterCIDRs, clusterDomain, cni, dns, health, kind, kubeconfig, logging, metrics, nodeName, podCIDRs, proxy, routing, runDir, serviceCIDRs, stateDir)",
 		},
 		{
 			name: "unknown nested key",
@@ -418,6 +430,21 @@ func TestParseErrors(t *testing.T) {
 			name: "unclean cni.confDir",
 			doc:  "cni: {confDir: /etc/cni/../cni/net.d}",
 			want: `config: cni.confDir: "/etc/cni/../cni/net.d" is not allowed (want a clean absolute path: /etc/cni/net.d)`,
+		},
+		{
+			name: "apiServer.url with kubeconfig",
+			doc:  "kubeconfig: /etc/nodenet/kubeconfig\napiServer: {url: \"https://192.0.2.10:6443\"}",
+			want: `config: apiServer.url: "https://192.0.2.10:6443" is not allowed with kubeconfig: /etc/nodenet/kubeconfig (the kubeconfig names the server)`,
+		},
+		{
+			name: "apiServer.url without https",
+			doc:  "apiServer: {url: \"192.0.2.10:6443\"}",
+			want: `config: apiServer.url: "192.0.2.10:6443" is not allowed (want https://HOST[:PORT])`,
+		},
+		{
+			name: "relative kubelet kubeconfig",
+			doc:  "apiServer: {kubeletKubeconfigs: [kubelet.conf]}",
+			want: `config: apiServer.kubeletKubeconfigs[0]: "kubelet.conf" is not allowed (want a clean absolute path)`,
 		},
 		{
 			name: "relative kubeconfig",

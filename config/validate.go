@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,6 +34,10 @@ func (c *Config) Default() error {
 	}
 	if c.ServiceCIDRs == nil {
 		c.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")}
+	}
+	if c.APIServer.KubeletKubeconfigs == nil {
+		// Where deploy/ mounts the host's /etc/kubernetes: kubeadm's kubelet.conf.
+		c.APIServer.KubeletKubeconfigs = []string{"/host/etc/kubernetes/kubelet.conf"}
 	}
 	setString(&c.ClusterDomain, "cluster.local")
 	setString(&c.StateDir, "/var/lib/nodenet")
@@ -69,7 +74,7 @@ func setString(field *string, value string) {
 // and what is allowed.
 func (c *Config) Validate() error {
 	for _, check := range []func() error{
-		c.validateHeader, c.validateCIDRs, c.validatePaths, c.validateCNI, c.validateModes,
+		c.validateHeader, c.validateCIDRs, c.validatePaths, c.validateAPIServer, c.validateCNI, c.validateModes,
 		c.validateDNS, c.validateEndpoints, c.validateStandalone,
 	} {
 		if err := check(); err != nil {
@@ -171,6 +176,24 @@ func (c *Config) validatePaths() error {
 		}
 		if filepath.Clean(p.value) != p.value {
 			return fmt.Errorf("%s: %q is not allowed (want a clean absolute path: %s)", p.key, p.value, filepath.Clean(p.value))
+		}
+	}
+	return nil
+}
+
+func (c *Config) validateAPIServer() error {
+	if u := c.APIServer.URL; u != "" {
+		if c.Kubeconfig != "" {
+			return fmt.Errorf("apiServer.url: %q is not allowed with kubeconfig: %s (the kubeconfig names the server)", u, c.Kubeconfig)
+		}
+		parsed, err := url.Parse(u)
+		if err != nil || parsed.Scheme != "https" || parsed.Host == "" || (parsed.Path != "" && parsed.Path != "/") {
+			return fmt.Errorf("apiServer.url: %q is not allowed (want https://HOST[:PORT])", u)
+		}
+	}
+	for i, p := range c.APIServer.KubeletKubeconfigs {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+			return fmt.Errorf("apiServer.kubeletKubeconfigs[%d]: %q is not allowed (want a clean absolute path)", i, p)
 		}
 	}
 	return nil

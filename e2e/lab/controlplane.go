@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -27,7 +28,7 @@ const (
 )
 
 // ControlPlane is etcd, kube-apiserver and kube-controller-manager in their own namespace on the
-// underlay, built by hack/cluster-bins.sh.
+// underlay, built by hack/cluster-bins.sh; for clusters of real kubelets also kube-scheduler.
 type ControlPlane struct {
 	NS              *Netns
 	Server          string // https://198.18.0.2:6443
@@ -41,12 +42,35 @@ type ControlPlane struct {
 
 	lab   *Lab
 	pki   *pki
-	procs map[string]*proc
+	procs map[string]*Process
 }
 
-// StartControlPlane starts the control plane and waits until the API server is ready and the
-// controller manager works.
+// labControllers are the controllers a cluster of simulated nodes needs: ready in about a second
+// instead of six. Node lifecycle is left out on purpose: simulated nodes have no kubelet posting
+// status, and it would taint them unreachable and evict the pods that hold the daemons' tokens.
+const labControllers = "nodeipam,endpointslice,serviceaccount-token,serviceaccount,namespace,garbagecollector,root-ca-cert-publisher"
+
+// StartControlPlane starts the control plane for simulated nodes and waits until the API server is
+// ready and the controller manager works.
 func (l *Lab) StartControlPlane(ctx context.Context, binDir string) (*ControlPlane, error) {
+	return l.startControlPlane(ctx, binDir, labControllers)
+}
+
+// StartControlPlaneForKubelets starts the control plane real kubelets need: every default
+// controller of kube-controller-manager (node lifecycle lifts the not-ready taint, deployments,
+// replica sets, daemon sets, jobs...) and kube-scheduler, whose binary is schedulerPath.
+func (l *Lab) StartControlPlaneForKubelets(ctx context.Context, binDir, schedulerPath string) (*ControlPlane, error) {
+	cp, err := l.startControlPlane(ctx, binDir, "*")
+	if err != nil {
+		return nil, err
+	}
+	if err := cp.startScheduler(ctx, schedulerPath); err != nil {
+		return nil, err
+	}
+	return cp, nil
+}
+
+func (l *Lab) startControlPlane(ctx context.Context, binDir, controllers string) (*ControlPlane, error) {
 	ns, err := l.AddNetns("cp")
 	if err != nil {
 		return nil, err
@@ -60,21 +84,25 @@ func (l *Lab) StartControlPlane(ctx context.Context, binDir string) (*ControlPla
 		return nil, err
 	}
 	cp := &ControlPlane{NS: ns, Server: "https://" + ControlPlaneAddr + ":6443", Dir: dir, BinDir: binDir,
-		CAPath: ca.CAPath(), lab: l, pki: ca, procs: map[string]*proc{}}
+		CAPath: ca.CAPath(), lab: l, pki: ca, procs: map[string]*Process{}}
 	if err := cp.startEtcd(ctx); err != nil {
 		return nil, err
 	}
 	if err := cp.startAPIServer(ctx); err != nil {
 		return nil, err
 	}
-	if err := cp.startControllerManager(ctx); err != nil {
+	if err := cp.startControllerManager(ctx, controllers); err != nil {
 		return nil, err
 	}
 	return cp, nil
 }
 
 func (cp *ControlPlane) start(name string, argv ...string) error {
-	p, err := cp.lab.startProc(cp.NS, name, filepath.Join(cp.Dir, name+".log"), append([]string{filepath.Join(cp.BinDir, name)}, argv...)...)
+	return cp.startBinary(name, filepath.Join(cp.BinDir, name), argv...)
+}
+
+func (cp *ControlPlane) startBinary(name, path string, argv ...string) error {
+	p, err := cp.lab.startProc(cp.NS, name, filepath.Join(cp.Dir, name+".log"), append([]string{path}, argv...)...)
 	if err != nil {
 		return err
 	}
@@ -88,8 +116,8 @@ func (cp *ControlPlane) waitFor(ctx context.Context, name string, timeout time.D
 	defer cancel()
 	var last error
 	for {
-		if p := cp.procs[name]; p != nil && p.exited() {
-			return fmt.Errorf("%s exited; log %s:\n%s", name, p.log, Tail(p.log, 20))
+		if p := cp.procs[name]; p != nil && p.Exited() {
+			return fmt.Errorf("%s exited; log %s:\n%s", name, p.Log, Tail(p.Log, 20))
 		}
 		if last = check(ctx); last == nil {
 			return nil
@@ -137,6 +165,12 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context) error {
 	if err := cp.writeKubeconfig(cp.AdminKubeconfig, &clientcmdapi.AuthInfo{ClientCertificate: adminCrt, ClientKey: adminKey}); err != nil {
 		return err
 	}
+	// kubectl logs, exec and port-forward go from the API server to the kubelets, which accept
+	// client certificates of the cluster CA.
+	kubeletClientCrt, kubeletClientKey, err := cp.pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, nil, nil)
+	if err != nil {
+		return err
+	}
 	if err := cp.start("kube-apiserver",
 		"--etcd-servers=http://127.0.0.1:2379",
 		"--bind-address=0.0.0.0", "--advertise-address="+ControlPlaneAddr, "--secure-port=6443",
@@ -147,6 +181,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context) error {
 		"--service-account-key-file="+saPub, "--service-account-signing-key-file="+saKey,
 		"--service-cluster-ip-range="+ServiceCIDR,
 		"--kubelet-preferred-address-types=InternalIP",
+		"--kubelet-client-certificate="+kubeletClientCrt, "--kubelet-client-key="+kubeletClientKey,
 		"--allow-privileged=true",
 		"--cert-dir="+filepath.Join(cp.Dir, "apiserver-certs")); err != nil {
 		return err
@@ -164,7 +199,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context) error {
 	})
 }
 
-func (cp *ControlPlane) startControllerManager(ctx context.Context) error {
+func (cp *ControlPlane) startControllerManager(ctx context.Context, controllers string) error {
 	crt, key, err := cp.pki.issue("kcm", "system:kube-controller-manager", nil, nil, nil)
 	if err != nil {
 		return err
@@ -179,10 +214,7 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context) error {
 		"--authentication-skip-lookup=true",
 		"--bind-address=127.0.0.1", "--secure-port=10257", "--cert-dir="+filepath.Join(cp.Dir, "kcm-certs"),
 		"--leader-elect=false",
-		// Only the controllers the lab needs (ready in about a second instead of six). Node
-		// lifecycle is left out on purpose: the lab's nodes have no kubelet posting status, and it
-		// would taint them unreachable and evict the pods that hold the daemons' tokens.
-		"--controllers=nodeipam,endpointslice,serviceaccount-token,serviceaccount,namespace,garbagecollector,root-ca-cert-publisher",
+		"--controllers="+controllers,
 		"--allocate-node-cidrs=true", "--cluster-cidr="+ClusterCIDR, "--node-cidr-mask-size=24",
 		"--service-cluster-ip-range="+ServiceCIDR,
 		"--use-service-account-credentials=true",
@@ -198,10 +230,53 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context) error {
 	})
 }
 
+func (cp *ControlPlane) startScheduler(ctx context.Context, path string) error {
+	crt, key, err := cp.pki.issue("scheduler", "system:kube-scheduler", nil, nil, nil)
+	if err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(cp.Dir, "scheduler.kubeconfig")
+	if err := cp.writeKubeconfig(kubeconfig, &clientcmdapi.AuthInfo{ClientCertificate: crt, ClientKey: key}); err != nil {
+		return err
+	}
+	if err := cp.startBinary("kube-scheduler", path,
+		"--kubeconfig="+kubeconfig,
+		"--authentication-kubeconfig="+kubeconfig, "--authorization-kubeconfig="+kubeconfig,
+		"--bind-address=127.0.0.1", "--secure-port=10259", "--leader-elect=false"); err != nil {
+		return err
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: cp.NS.Dial, TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, Timeout: 5 * time.Second}
+	return cp.waitFor(ctx, "kube-scheduler", time.Minute, func(ctx context.Context) error {
+		// Its serving certificate is self-signed; only readiness is asked here.
+		return httpOK(ctx, client, "https://127.0.0.1:10259/readyz")
+	})
+}
+
+// IssueClientCert issues a client certificate of the cluster CA (for a kubelet:
+// system:node:NAME in group system:nodes) and returns the paths of certificate and key.
+func (cp *ControlPlane) IssueClientCert(name, commonName string, groups []string) (crt, key string, err error) {
+	return cp.pki.issue(name, commonName, groups, nil, nil)
+}
+
+// IssueServingCert issues a serving certificate of the cluster CA for the given addresses.
+func (cp *ControlPlane) IssueServingCert(name, commonName string, ips []net.IP, dnsNames []string) (crt, key string, err error) {
+	return cp.pki.issue(name, commonName, nil, ips, dnsNames)
+}
+
+// WriteKubeconfigFor writes a kubeconfig for the API server naming the files of the cluster CA
+// and of a client certificate as its user will see them.
+func (cp *ControlPlane) WriteKubeconfigFor(path, caPath, crt, key string) error {
+	return writeKubeconfig(path, cp.Server, caPath, &clientcmdapi.AuthInfo{ClientCertificate: crt, ClientKey: key})
+}
+
 // writeKubeconfig writes a kubeconfig for the API server with the given credentials.
 func (cp *ControlPlane) writeKubeconfig(path string, auth *clientcmdapi.AuthInfo) error {
+	return writeKubeconfig(path, cp.Server, cp.CAPath, auth)
+}
+
+func writeKubeconfig(path, server, caPath string, auth *clientcmdapi.AuthInfo) error {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: cp.Server, CertificateAuthority: cp.CAPath}
+	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: caPath}
 	cfg.AuthInfos["lab"] = auth
 	cfg.Contexts["lab"] = &clientcmdapi.Context{Cluster: "lab", AuthInfo: "lab"}
 	cfg.CurrentContext = "lab"

@@ -175,3 +175,6 @@ func (l *Lab) AddOutside() (*Netns, error) {
 	}
 	return ns, nil
 }
+
+// OnClose registers f to run when the lab closes, before everything registered earlier.
+func (l *Lab) OnClose(f func() error) { l.onClose(f) }
