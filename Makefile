@@ -13,7 +13,7 @@ export NODENET_CACHE ?= $(HOME)/.cache/nodenet
 DEB_PACKAGES := iproute2 nftables iputils-ping dnsutils
 DEB_COMMANDS := ip nft ping dig
 
-.PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down bench bench-cni bench-proxy bench-dns clean cluster-bins
+.PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down bench bench-cni bench-proxy bench-dns clean cluster-bins node-bins
 
 all: build
 
@@ -46,6 +46,12 @@ test: deps build lint
 # kube-proxy benchmark peer, built from the Go module proxy once and cached in $(NODENET_CACHE).
 cluster-bins:
 	hack/cluster-bins.sh
+
+# A real node's binaries for the real-node test harness (kubelet, kube-scheduler, e2e.test,
+# agnhost, containerd, ctr, containerd-shim-runc-v2, runc with seccomp), built from the Go module
+# proxy once and cached in $(NODENET_CACHE).
+node-bins:
+	hack/node-bins.sh
 
 test-unit:
 	$(GO) test -race -count=1 ./config/ ./ipam/ ./cniexec/...
