@@ -9,9 +9,10 @@ TOOLS     := $(GO) tool -modfile=hack/tools/go.mod
 # Heavy builds (benchmark peers, later the control plane) are cached here between runs.
 export NODENET_CACHE ?= $(HOME)/.cache/nodenet
 
-# Debian packages the tests and the demo run: ip, nft, ping, dig.
-DEB_PACKAGES := iproute2 nftables iputils-ping dnsutils
-DEB_COMMANDS := ip nft ping dig
+# Debian packages the tests and the demo run (ip, nft, ping, dig), and those whose programs
+# e2e/realnode/images copies into the real-node test images (its MissingPackages).
+DEB_PACKAGES := iproute2 nftables iputils-ping dnsutils netcat-openbsd socat curl busybox-static nginx procps
+DEB_COMMANDS := ip nft ping dig nc.openbsd socat curl busybox nginx ps
 
 .PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down bench bench-cni bench-proxy bench-dns clean cluster-bins node-bins
 
