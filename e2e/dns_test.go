@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -577,7 +576,7 @@ func (d *dnsLab) testNotOpenResolver(t *testing.T) {
 func (d *dnsLab) testRestartUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	load, err := startDNSLoad(ctx, d.client.NS, "default-svc.default.svc.cluster.local.", 200)
+	load, err := lab.StartDNSLoad(ctx, d.client.NS, "default-svc.default.svc.cluster.local.", 200)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -594,137 +593,12 @@ func (d *dnsLab) testRestartUnderLoad(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	cancel()
-	r := load.wait()
-	t.Logf("%d queries: %d answered on the first try, %d after a retry, %d unanswered; slowest answer %v", r.sent, r.firstTry, r.retried, r.unanswered, r.slowest)
-	if r.unanswered != 0 {
-		t.Errorf("%d of %d queries were never answered", r.unanswered, r.sent)
+	r := load.Wait()
+	t.Log(r)
+	if r.Unanswered != 0 {
+		t.Errorf("%d of %d queries were never answered", r.Unanswered, r.Sent)
 	}
-	if r.sent < 800 {
-		t.Errorf("only %d queries were sent", r.sent)
+	if r.Sent < 800 {
+		t.Errorf("only %d queries were sent", r.Sent)
 	}
-}
-
-type loadResult struct {
-	sent, firstTry, retried, unanswered int
-	slowest                             time.Duration
-}
-
-type dnsLoad struct {
-	done   chan struct{}
-	result loadResult
-}
-
-func (l *dnsLoad) wait() loadResult { <-l.done; return l.result }
-
-// startDNSLoad sends rate queries a second for name from ns to the node-local address until ctx
-// ends, each from its own query ID on one UDP socket, retrying unanswered ones after a second,
-// three tries in all; then it waits for the last answers and reports.
-func startDNSLoad(ctx context.Context, ns *lab.Netns, name string, rate int) (*dnsLoad, error) {
-	var conn net.Conn
-	err := ns.Do(func() (err error) {
-		conn, err = net.Dial("udp", net.JoinHostPort(lab.NodeLocalDNS, "53"))
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	type query struct {
-		first, last time.Time
-		tries       int
-		answered    bool
-	}
-	var mu sync.Mutex
-	queries := map[uint16]*query{}
-	var res loadResult
-	send := func(id uint16) {
-		m := new(dns.Msg)
-		m.SetQuestion(name, dns.TypeA)
-		m.Id = id
-		b, _ := m.Pack()
-		_, _ = conn.Write(b) // a failed send shows as an unanswered query
-	}
-	l := &dnsLoad{done: make(chan struct{})}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 512)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			var m dns.Msg
-			if m.Unpack(buf[:n]) != nil || len(m.Answer) == 0 {
-				continue
-			}
-			mu.Lock()
-			if q, ok := queries[m.Id]; ok && !q.answered {
-				q.answered = true
-				if q.tries == 1 {
-					res.firstTry++
-				} else {
-					res.retried++
-				}
-				res.slowest = max(res.slowest, time.Since(q.first))
-			}
-			mu.Unlock()
-		}
-	})
-	go func() {
-		defer close(l.done)
-		start := time.Now()
-		tick := time.NewTicker(time.Second / time.Duration(rate))
-		defer tick.Stop()
-		var next uint16
-		retry := func(final bool) {
-			mu.Lock()
-			defer mu.Unlock()
-			for id, q := range queries {
-				if !q.answered && q.tries < 3 && time.Since(q.last) >= time.Second {
-					q.tries++
-					q.last = time.Now()
-					send(id)
-				} else if final && !q.answered && q.tries >= 3 && time.Since(q.last) >= time.Second {
-					q.answered = true // counted below as unanswered
-					res.unanswered++
-				}
-			}
-		}
-	loop:
-		for {
-			select {
-			case <-ctx.Done():
-				break loop
-			case <-tick.C:
-				// A goroutine starved of CPU misses ticks; it makes up for them, so that the
-				// number of queries sent follows the clock.
-				mu.Lock()
-				for due := int(time.Since(start) * time.Duration(rate) / time.Second); res.sent < due; {
-					now := time.Now()
-					next++
-					queries[next] = &query{first: now, last: now, tries: 1}
-					res.sent++
-					send(next)
-				}
-				mu.Unlock()
-				retry(false)
-			}
-		}
-		// Let the last queries be answered or run out of tries.
-		deadline := time.Now().Add(4 * time.Second)
-		for time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
-			retry(true)
-		}
-		conn.Close()
-		wg.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, q := range queries {
-			if !q.answered {
-				res.unanswered++
-			}
-		}
-		l.result = res
-	}()
-	return l, nil
 }

@@ -70,17 +70,31 @@ func (l *Lab) onClose(f func() error) {
 	l.cleanups = append(l.cleanups, f)
 }
 
-// Netns is a named network namespace (/run/netns/NAME).
+// Netns is a named network namespace (/run/netns/NAME), or one reached through another path.
 type Netns struct {
 	Name string
+	path string
 }
 
+// NetnsAt is the network namespace at path, such as /proc/PID/ns/net of a container's process;
+// name only labels it in errors.
+func NetnsAt(name, path string) *Netns { return &Netns{Name: name, path: path} }
+
 // Path is the namespace's bind mount, what CNI_NETNS names.
-func (n *Netns) Path() string { return filepath.Join("/run/netns", n.Name) }
+func (n *Netns) Path() string {
+	if n.path != "" {
+		return n.path
+	}
+	return filepath.Join("/run/netns", n.Name)
+}
 
 // Run runs a command inside the namespace and returns its combined output.
 func (n *Netns) Run(args ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...).CombinedOutput()
+	argv := append([]string{"ip", "netns", "exec", n.Name}, args...)
+	if n.path != "" {
+		argv = append([]string{"nsenter", "--net=" + n.path, "--"}, args...)
+	}
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("in netns %s: %s: %w: %s", n.Name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}

@@ -12,6 +12,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+
+	"github.com/nodenet/nodenet/hack/internal/background"
 )
 
 // defaultStateDir records the running demo (its PID, namespaces, kubeconfig) between the commands.
@@ -34,16 +36,17 @@ func main() {
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		os.Exit(2)
 	}
+	ctl := background.Control{Dir: *dir, UpTarget: "demo", ShellTarget: "demo-shell", DownTarget: "demo-down", PromptName: "nodenet-demo"}
 	var err error
 	switch os.Args[1] {
 	case "up":
-		err = up(*dir, *bin, *clusterBin, *prefix)
+		err = ctl.Up("--state", *dir, "--bin", *bin, "--cluster-bin", *clusterBin, "--prefix", *prefix)
 	case "serve":
-		err = serve(*dir, *bin, *clusterBin, *prefix)
+		err = serve(ctl, *bin, *clusterBin, *prefix)
 	case "shell":
-		err = shell(*dir)
+		err = ctl.Shell()
 	case "down":
-		err = down(*dir)
+		err = ctl.Down()
 	default:
 		err = fmt.Errorf("unknown command %q (want up, shell or down)", os.Args[1])
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/nodenet/nodenet/e2e/lab"
+	"github.com/nodenet/nodenet/hack/internal/background"
 )
 
 // articlePod is one pod of the seed article's lab.
@@ -36,7 +36,7 @@ var articlePods = []articlePod{
 
 // serve builds the cluster, shows the lab, prints the ready marker and keeps everything running
 // until SIGTERM or SIGINT, then removes it all.
-func serve(dir, bin, clusterBin, prefix string) (err error) {
+func serve(ctl background.Control, bin, clusterBin, prefix string) (err error) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	abs, err := filepath.Abs(bin)
@@ -48,36 +48,31 @@ func serve(dir, bin, clusterBin, prefix string) (err error) {
 		return err
 	}
 	defer func() {
-		section("Cleaning up")
+		fmt.Printf("\n%s\n", background.CleanupHeading)
 		if cerr := l.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 		fmt.Println("all namespaces, processes and files of the demo are removed")
 	}()
 	var c checks
-	if err := show(ctx, l, dir, clusterBin, &c); err != nil {
+	if err := show(ctx, l, ctl, clusterBin, &c); err != nil {
 		return err
 	}
 	if c.failed > 0 {
 		return fmt.Errorf("%d checks failed", c.failed)
 	}
-	fmt.Println(readyMarker)
+	fmt.Println(background.ReadyMarker)
 	<-ctx.Done()
 	return nil
 }
 
-func show(ctx context.Context, l *lab.Lab, dir, clusterBin string, c *checks) error {
+func show(ctx context.Context, l *lab.Lab, ctl background.Control, clusterBin string, c *checks) error {
 	section("Starting the control plane (etcd, kube-apiserver, kube-controller-manager) in its own namespace")
 	cp, err := l.StartControlPlane(ctx, clusterBin)
 	if err != nil {
 		return err
 	}
-	st := state{PID: os.Getpid(), ControlPlaneNS: cp.NS.Name, AdminKubeconfig: cp.AdminKubeconfig, ClusterBin: clusterBin}
-	data, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(statePath(dir), data, 0o600); err != nil {
+	if err := ctl.WriteState(background.State{PID: os.Getpid(), ControlPlaneNS: cp.NS.Name, AdminKubeconfig: cp.AdminKubeconfig, ClusterBin: clusterBin}); err != nil {
 		return err
 	}
 	fmt.Printf("API server %s\n", cp.Server)
