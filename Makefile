@@ -14,7 +14,7 @@ export NODENET_CACHE ?= $(HOME)/.cache/nodenet
 DEB_PACKAGES := iproute2 nftables iputils-ping dnsutils netcat-openbsd socat curl busybox-static nginx procps
 DEB_COMMANDS := ip nft ping dig nc.openbsd socat curl busybox nginx ps
 
-.PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down bench bench-cni bench-proxy bench-dns clean cluster-bins node-bins
+.PHONY: all build deps lint test test-unit test-e2e demo demo-shell demo-down real-cluster real-cluster-shell real-cluster-down conformance conformance-all bench bench-cni bench-proxy bench-dns clean cluster-bins node-bins
 
 all: build
 
@@ -41,6 +41,7 @@ lint:
 # the end-to-end suite driving real daemons through libcni.
 test: deps build lint
 	NODENET_CLUSTER_BIN_DIR=$$(hack/cluster-bins.sh) && export NODENET_CLUSTER_BIN_DIR && \
+	NODENET_NODE_BIN_DIR=$$(hack/node-bins.sh) && export NODENET_NODE_BIN_DIR && \
 	NODENET_BIN_DIR=$(CURDIR)/$(BIN) $(TOOLS) gotestsum --format testname -- -race -count=1 -timeout 30m ./...
 
 # The test cluster's control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and the
@@ -67,6 +68,32 @@ demo: deps build
 	@dir=$$(hack/cluster-bins.sh) && \
 	$(GO) build -o $(BIN)/nodenet-demo ./hack/demo && \
 	$(BIN)/nodenet-demo up --bin $(CURDIR)/$(BIN) --cluster-bin $$dir
+
+# A cluster of real nodes (kubelet + containerd + runc in namespaces) with nodenet installed by
+# `kubectl apply -f deploy/`; real-cluster-shell opens kubectl against it, real-cluster-down removes
+# it. conformance runs the upstream [sig-network] [Conformance] specs against it (starting one for
+# the run if none is up; about 30 minutes), conformance-all adds [Serial] and [Disruptive]; the
+# JUnit report is kept in _artifacts/conformance.
+REALCLUSTER = cluster=$$(hack/cluster-bins.sh) && nodes=$$(hack/node-bins.sh) && coredns=$$(hack/coredns-bin.sh) && \
+	$(GO) build -o $(BIN)/nodenet-realcluster ./hack/realcluster && \
+	$(BIN)/nodenet-realcluster
+
+REALCLUSTER_FLAGS = --bin $(CURDIR)/$(BIN) --cluster-bin $$cluster --node-bin $$nodes --coredns $$coredns
+
+real-cluster: deps build
+	@$(REALCLUSTER) up $(REALCLUSTER_FLAGS)
+
+real-cluster-shell:
+	@$(GO) build -o $(BIN)/nodenet-realcluster ./hack/realcluster && $(BIN)/nodenet-realcluster shell
+
+real-cluster-down:
+	@$(GO) build -o $(BIN)/nodenet-realcluster ./hack/realcluster && $(BIN)/nodenet-realcluster down
+
+conformance: deps build
+	@$(REALCLUSTER) conformance $(REALCLUSTER_FLAGS)
+
+conformance-all: deps build
+	@$(REALCLUSTER) conformance --all $(REALCLUSTER_FLAGS)
 
 demo-shell:
 	@$(GO) build -o $(BIN)/nodenet-demo ./hack/demo && $(BIN)/nodenet-demo shell

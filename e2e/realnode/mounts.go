@@ -128,6 +128,9 @@ func (n *Node) prepareMountSources(upstreamDNS string) error {
 		}
 		n.createdDirs = append(n.createdDirs, created...)
 	}
+	if err := os.WriteFile(filepath.Join(n.Dir, createdDirsFile), []byte(strings.Join(n.createdDirs, "\n")+"\n"), 0o644); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Join(n.Dir, "sysctl"), 0o755); err != nil {
 		return err
 	}

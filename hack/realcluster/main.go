@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/nodenet/nodenet/e2e/realnode"
 	"github.com/nodenet/nodenet/hack/internal/background"
 )
 
@@ -53,7 +54,7 @@ func main() {
 		os.Exit(2)
 	}
 	ctl := background.Control{Dir: *dir, UpTarget: "real-cluster", ShellTarget: "real-cluster-shell",
-		DownTarget: "real-cluster-down", PromptName: "nodenet-real-cluster"}
+		DownTarget: "real-cluster-down", PromptName: "nodenet-real-cluster", Sweep: realnode.Sweep}
 	var err error
 	switch os.Args[1] {
 	case "up":

@@ -38,6 +38,9 @@ type Control struct {
 	Dir                    string
 	UpTarget, ShellTarget  string
 	DownTarget, PromptName string
+	// Sweep, if set, removes what a serve process killed before its cleanup left behind; Down
+	// calls it with the namespace prefix when serve is no longer alive or left namespaces.
+	Sweep func(prefix string) error
 }
 
 func (c Control) statePath() string { return filepath.Join(c.Dir, "state.json") }
@@ -188,7 +191,14 @@ func (c Control) Down() error {
 		}
 	}
 	if _, err := os.Stat(filepath.Join("/run/netns", s.ControlPlaneNS)); err == nil {
-		return fmt.Errorf("namespace %s is still there after the cluster stopped", s.ControlPlaneNS)
+		if c.Sweep == nil {
+			return fmt.Errorf("namespace %s is still there after the cluster stopped", s.ControlPlaneNS)
+		}
+		prefix := strings.TrimSuffix(s.ControlPlaneNS, "-cp")
+		fmt.Printf("the cluster did not clean up after itself: sweeping what is left of %s-*\n", prefix)
+		if err := c.Sweep(prefix); err != nil {
+			return err
+		}
 	}
 	return os.RemoveAll(c.Dir)
 }
