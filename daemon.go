@@ -248,6 +248,14 @@ func (d *daemon) install(socket string) error {
 	if err := cniexec.InstallShim(d.shimPath, d.cfg.CNI.BinDir); err != nil {
 		return fmt.Errorf("install %s into %s: %w", cniexec.ShimName, d.cfg.CNI.BinDir, err)
 	}
+	// Runtimes run the loopback plugin for every pod sandbox; nodenet-cni serves as one where the
+	// node has none.
+	lo, err := cniexec.InstallLoopback(d.cfg.CNI.BinDir)
+	if err != nil {
+		return fmt.Errorf("install the loopback plugin into %s: %w", d.cfg.CNI.BinDir, err)
+	}
+	d.log.Info("CNI loopback plugin", zap.String("action", string(lo.Action)), zap.String("found", lo.Found),
+		zap.String("path", lo.Path))
 	list, err := cniexec.Conflist("nodenet", socket, filepath.Join(d.cfg.RunDir, "cni.log"))
 	if err != nil {
 		return fmt.Errorf("encode conflist: %w", err)

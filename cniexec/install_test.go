@@ -410,3 +410,185 @@ func failureLines(lines []string) string {
 	}
 	return buf.String()
 }
+
+// installLinkState is what a loopback test sees at <binDir>/loopback: a symlink's target or a
+// file's content, and its inode, which changes when the entry is replaced.
+type installLinkState struct {
+	Link    string // symlink target; "" for anything else
+	Content string // regular file content
+	Dir     bool
+	Ino     uint64
+}
+
+func installLinkStat(t *testing.T, path string) installLinkState {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatalf("lstat: %v", err)
+	}
+	s := installLinkState{Ino: fi.Sys().(*syscall.Stat_t).Ino, Dir: fi.IsDir()}
+	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		if s.Link, err = os.Readlink(path); err != nil {
+			t.Fatal(err)
+		}
+	case fi.Mode().IsRegular():
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Content = string(data)
+	}
+	return s
+}
+
+func TestInstallLoopback(t *testing.T) {
+	elsewhere := filepath.Join(t.TempDir(), "usr-lib-cni-loopback")
+	installWriteFile(t, elsewhere, []byte("reference loopback"))
+	symlink := func(target string) func(t *testing.T, binDir string) {
+		return func(t *testing.T, binDir string) {
+			if err := os.Symlink(target, filepath.Join(binDir, "loopback")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tests := []struct {
+		name      string
+		setup     func(t *testing.T, binDir string) // before the install; nil for an empty binDir
+		want      cniexec.LoopbackInstall           // Path is filled in by the test
+		wantLink  string                            // loopback's target afterwards; "" for "left as it was"
+		wantNames []string                          // binDir's entries afterwards
+	}{
+		{
+			name:      "none",
+			want:      cniexec.LoopbackInstall{Action: cniexec.LoopbackCreated, Found: "nothing"},
+			wantLink:  "nodenet-cni",
+			wantNames: []string{"loopback", "nodenet-cni"},
+		},
+		{
+			name:      "ours",
+			setup:     symlink("nodenet-cni"),
+			want:      cniexec.LoopbackInstall{Action: cniexec.LoopbackKept, Found: "symlink to nodenet-cni"},
+			wantNames: []string{"loopback", "nodenet-cni"},
+		},
+		{
+			name:      "ours spelt differently",
+			setup:     symlink("./nodenet-cni"),
+			want:      cniexec.LoopbackInstall{Action: cniexec.LoopbackKept, Found: "symlink to ./nodenet-cni"},
+			wantNames: []string{"loopback", "nodenet-cni"},
+		},
+		{
+			name: "regular file",
+			setup: func(t *testing.T, binDir string) {
+				installWriteFile(t, filepath.Join(binDir, "loopback"), []byte("reference loopback"))
+			},
+			want:      cniexec.LoopbackInstall{Action: cniexec.LoopbackForeign, Found: "regular file"},
+			wantNames: []string{"loopback", "nodenet-cni"},
+		},
+		{
+			name: "directory",
+			setup: func(t *testing.T, binDir string) {
+				if err := os.Mkdir(filepath.Join(binDir, "loopback"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want:      cniexec.LoopbackInstall{Action: cniexec.LoopbackForeign, Found: "directory"},
+			wantNames: []string{"loopback", "nodenet-cni"},
+		},
+		{
+			name:      "symlink elsewhere",
+			setup:     symlink(elsewhere),
+			want:      cniexec.LoopbackInstall{Action: cniexec.LoopbackForeign, Found: "symlink to " + elsewhere},
+			wantNames: []string{"loopback", "nodenet-cni"},
+		},
+		{
+			// The daemon may not see the node's /usr/lib: the link may work there.
+			name:  "symlink elsewhere, missing here",
+			setup: symlink("/nonexistent/nodenet-test/loopback"),
+			want: cniexec.LoopbackInstall{Action: cniexec.LoopbackForeign,
+				Found: "symlink to /nonexistent/nodenet-test/loopback (missing as seen from here)"},
+			wantNames: []string{"loopback", "nodenet-cni"},
+		},
+		{
+			name: "symlink to another file of binDir",
+			setup: func(t *testing.T, binDir string) {
+				installWriteFile(t, filepath.Join(binDir, "loopback-1.9.0"), []byte("reference loopback"))
+				symlink("loopback-1.9.0")(t, binDir)
+			},
+			want:      cniexec.LoopbackInstall{Action: cniexec.LoopbackForeign, Found: "symlink to loopback-1.9.0"},
+			wantNames: []string{"loopback", "loopback-1.9.0", "nodenet-cni"},
+		},
+		{
+			// A link to a file of binDir that is gone is gone on the node too: nothing can run it.
+			name:      "dangling symlink within binDir",
+			setup:     symlink("loopback-1.9.0"),
+			want:      cniexec.LoopbackInstall{Action: cniexec.LoopbackReplaced, Found: "symlink to loopback-1.9.0 (missing)"},
+			wantLink:  "nodenet-cni",
+			wantNames: []string{"loopback", "nodenet-cni"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			binDir := t.TempDir()
+			installWriteFile(t, filepath.Join(binDir, "nodenet-cni"), []byte("shim"))
+			dst := filepath.Join(binDir, "loopback")
+			if tt.setup != nil {
+				tt.setup(t, binDir)
+			}
+			var before installLinkState
+			if tt.setup != nil {
+				before = installLinkStat(t, dst)
+			}
+
+			got, err := cniexec.InstallLoopback(binDir)
+			if err != nil {
+				t.Fatalf("InstallLoopback: %v", err)
+			}
+			want := tt.want
+			want.Path = dst
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("InstallLoopback (-want +got):\n%s", diff)
+			}
+			after := installLinkStat(t, dst)
+			if tt.wantLink == "" {
+				if diff := cmp.Diff(before, after); diff != "" {
+					t.Errorf("loopback was changed (-before +after):\n%s", diff)
+				}
+			} else {
+				if after.Link != tt.wantLink {
+					t.Errorf("loopback links to %q, want %q", after.Link, tt.wantLink)
+				}
+				if data, err := os.ReadFile(dst); err != nil || string(data) != "shim" {
+					t.Errorf("reading through the link: %q, %v; want the shim", data, err)
+				}
+			}
+			if diff := cmp.Diff(tt.wantNames, installDirNames(t, binDir)); diff != "" {
+				t.Errorf("binDir entries (-want +got):\n%s", diff)
+			}
+
+			// A second start finds what the first left and changes nothing.
+			again, err := cniexec.InstallLoopback(binDir)
+			if err != nil {
+				t.Fatalf("second InstallLoopback: %v", err)
+			}
+			if tt.wantLink != "" && again.Action != cniexec.LoopbackKept {
+				t.Errorf("second InstallLoopback: %+v, want %q", again, cniexec.LoopbackKept)
+			}
+			if diff := cmp.Diff(after, installLinkStat(t, dst)); diff != "" {
+				t.Errorf("second InstallLoopback changed loopback (-before +after):\n%s", diff)
+			}
+		})
+	}
+	if data, err := os.ReadFile(elsewhere); err != nil || string(data) != "reference loopback" {
+		t.Errorf("the plugin a link pointed to: %q, %v; want it untouched", data, err)
+	}
+}
+
+func TestInstallLoopbackErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	_, err := cniexec.InstallLoopback(missing)
+	want := "link " + missing + "/loopback to nodenet-cni: symlink nodenet-cni " + missing + "/loopback: no such file or directory"
+	if err == nil || err.Error() != want {
+		t.Errorf("InstallLoopback(missing dir) = %v, want %q", err, want)
+	}
+}

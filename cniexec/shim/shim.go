@@ -1,7 +1,8 @@
 // Package shim is the whole of the nodenet-cni binary: it checks the CNI environment and
 // configuration, answers VERSION itself and forwards every other command to the daemon over its
-// unix socket. Standard library only, and no package-level initialisation, so an exec costs what a
-// small static binary costs.
+// unix socket. Executed as "loopback", it is the CNI loopback plugin (loopback.go), which needs no
+// daemon. Standard library and golang.org/x/sys/unix only, and no package-level initialisation,
+// so an exec costs what a small static binary costs.
 package shim
 
 import (
@@ -33,6 +34,14 @@ func Run(env Env, stdin io.Reader, stdout io.Writer) int {
 	resp, logFile := run(env, stdin)
 	if resp.Error != nil {
 		logError(logFile, env, resp.Error)
+	}
+	return respond(stdout, resp)
+}
+
+// respond prints resp as the runtime expects it, the result or the error object, and returns the
+// exit code.
+func respond(stdout io.Writer, resp wire.Response) int {
+	if resp.Error != nil {
 		if resp.Error.CNIVersion == "" {
 			resp.Error.CNIVersion = wire.SupportedVersions[len(wire.SupportedVersions)-1]
 		}
@@ -52,13 +61,9 @@ func run(env Env, stdin io.Reader) (wire.Response, string) {
 	if cmd == "" {
 		return fail("", wire.CodeInvalidEnvironment, "CNI_COMMAND is not set", "want one of ADD, DEL, CHECK, VERSION, STATUS, GC"), ""
 	}
-	data, err := io.ReadAll(io.LimitReader(stdin, wire.MaxRequestBytes+1))
-	if err != nil {
-		return fail("", wire.CodeIOFailure, "read network configuration from stdin", err.Error()), ""
-	}
-	if len(data) > wire.MaxRequestBytes {
-		return fail("", wire.CodeInvalidConfig, "network configuration on stdin is too large",
-			fmt.Sprintf("more than %d bytes", wire.MaxRequestBytes)), ""
+	data, e := readConfig(stdin)
+	if e != nil {
+		return wire.Response{Error: e}, ""
 	}
 	var conf wire.PluginConf
 	if cmd == "VERSION" {
@@ -69,13 +74,8 @@ func run(env Env, stdin io.Reader) (wire.Response, string) {
 	if err := json.Unmarshal(data, &conf); err != nil {
 		return fail("", wire.CodeDecodeFailure, "network configuration on stdin is not valid JSON", err.Error()), ""
 	}
-	if conf.CNIVersion == "" {
-		return fail("", wire.CodeInvalidConfig, "network configuration has no cniVersion", ""), conf.LogFile
-	}
-	if !wire.IsSupported(conf.CNIVersion) {
-		return fail(conf.CNIVersion, wire.CodeIncompatibleVersion,
-			fmt.Sprintf("cniVersion %q is not supported", conf.CNIVersion),
-			fmt.Sprintf("supported: %v", wire.SupportedVersions)), conf.LogFile
+	if e := checkVersion(conf.CNIVersion); e != nil {
+		return wire.Response{Error: e}, conf.LogFile
 	}
 	req := wire.Request{
 		Command:     cmd,
@@ -116,6 +116,31 @@ func run(env Env, stdin io.Reader) (wire.Response, string) {
 		resp.Error.CNIVersion = conf.CNIVersion
 	}
 	return resp, conf.LogFile
+}
+
+// readConfig reads the network configuration from stdin, at most wire.MaxRequestBytes of it.
+func readConfig(stdin io.Reader) ([]byte, *wire.Error) {
+	data, err := io.ReadAll(io.LimitReader(stdin, wire.MaxRequestBytes+1))
+	if err != nil {
+		return nil, &wire.Error{Code: wire.CodeIOFailure, Msg: "read network configuration from stdin", Details: err.Error()}
+	}
+	if len(data) > wire.MaxRequestBytes {
+		return nil, &wire.Error{Code: wire.CodeInvalidConfig, Msg: "network configuration on stdin is too large",
+			Details: fmt.Sprintf("more than %d bytes", wire.MaxRequestBytes)}
+	}
+	return data, nil
+}
+
+// checkVersion accepts the configuration's cniVersion when it is one of wire.SupportedVersions.
+func checkVersion(v string) *wire.Error {
+	if v == "" {
+		return &wire.Error{Code: wire.CodeInvalidConfig, Msg: "network configuration has no cniVersion"}
+	}
+	if !wire.IsSupported(v) {
+		return &wire.Error{CNIVersion: v, Code: wire.CodeIncompatibleVersion, Msg: fmt.Sprintf("cniVersion %q is not supported", v),
+			Details: fmt.Sprintf("supported: %v", wire.SupportedVersions)}
+	}
+	return nil
 }
 
 // checkEnv applies the spec's per-command required variables.

@@ -4,10 +4,13 @@ package nstest
 
 import (
 	"bufio"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -64,6 +67,53 @@ func NewNS(t *testing.T) ns.NetNS {
 		}
 	})
 	return n
+}
+
+// IPNetns is a network namespace made with `ip netns add`, as operators and some runtimes make
+// them: a bind mount at Path under /run/netns. Unlike NewNS's, the test may delete it itself, to
+// see what a plugin does once the namespace is gone.
+type IPNetns struct {
+	Name string
+	Path string
+	ip   string
+}
+
+// NewIPNetns creates an IPNetns with a name of its own and deletes it when the test ends, whatever
+// happens, unless the test has deleted it already.
+func NewIPNetns(t *testing.T) *IPNetns {
+	t.Helper()
+	RequireRoot(t)
+	n := &IPNetns{ip: RequireTool(t, "ip"), Name: "nodenet-test-" + strings.ToLower(rand.Text()[:12])}
+	n.Path = filepath.Join("/run/netns", n.Name)
+	if out, err := exec.Command(n.ip, "netns", "add", n.Name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v\n%s", n.Name, err, out)
+	}
+	t.Cleanup(func() {
+		if _, err := os.Lstat(n.Path); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if out, err := exec.Command(n.ip, "netns", "del", n.Name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v\n%s", n.Name, err, out)
+		}
+	})
+	return n
+}
+
+// Delete deletes the namespace now, as a runtime does when it tears a sandbox down.
+func (n *IPNetns) Delete(t *testing.T) {
+	t.Helper()
+	if out, err := exec.Command(n.ip, "netns", "del", n.Name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del %s: %v\n%s", n.Name, err, out)
+	}
+}
+
+// Exec runs a command inside the namespace (`ip netns exec`).
+func (n *IPNetns) Exec(t *testing.T, name string, args ...string) {
+	t.Helper()
+	out, err := exec.Command(n.ip, append([]string{"netns", "exec", n.Name, name}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip netns exec %s %s %s: %v\n%s", n.Name, name, strings.Join(args, " "), err, out)
+	}
 }
 
 // NetlinkHandle is a netlink handle inside n, closed when the test ends.
