@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/nodenet/nodenet/dns/zone"
 	"github.com/nodenet/nodenet/hub"
@@ -17,8 +15,8 @@ import (
 // change tracking.
 type ServiceSource interface {
 	SubscribeServices() *hub.ServiceChanges
-	Service(key hub.ServiceKey) (*corev1.Service, bool, error)
-	EndpointSlices(key hub.ServiceKey) ([]*discoveryv1.EndpointSlice, error)
+	Service(key hub.ServiceKey) (*hub.Service, bool, error)
+	EndpointSlices(key hub.ServiceKey) ([]*hub.EndpointSlice, error)
 }
 
 // Feed keeps z equal to the cluster's Services until ctx ends. It marks the zone synced, and

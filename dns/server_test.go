@@ -19,6 +19,7 @@ import (
 
 	"github.com/nodenet/nodenet/dns/wire"
 	"github.com/nodenet/nodenet/dns/zone"
+	"github.com/nodenet/nodenet/hub"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -80,12 +81,12 @@ func testZone(t *testing.T) *zone.Zone {
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
 		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: "10.96.0.20", ClusterIPs: []string{"10.96.0.20"}},
 	}
-	z.Set("default", "web", svc, nil)
+	z.Set("default", "web", hub.ServiceOf(svc), nil)
 	for name, target := range map[string]string{"ext": "www.example.com", "alias": "web.default.svc.cluster.local", "dangling": "nope.default.svc.cluster.local"} {
-		z.Set("default", name, &corev1.Service{
+		z.Set("default", name, hub.ServiceOf(&corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
 			Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: target},
-		}, nil)
+		}), nil)
 	}
 	// A headless Service with more endpoints than fit in 512 bytes.
 	hs := &corev1.Service{
@@ -96,7 +97,7 @@ func testZone(t *testing.T) *zone.Zone {
 	for i := range 60 {
 		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.244.1.%d", i+1)}})
 	}
-	z.Set("default", "many", hs, []*discoveryv1.EndpointSlice{sl})
+	z.Set("default", "many", hub.ServiceOf(hs), []*hub.EndpointSlice{hub.EndpointSliceOf(sl)})
 	z.MarkSynced()
 	return z
 }
@@ -366,10 +367,10 @@ func TestServeAnswersFollowChanges(t *testing.T) {
 			t.Fatalf("%s: %s", name, got)
 		}
 	}
-	z.Set("default", "web", &corev1.Service{
+	z.Set("default", "web", hub.ServiceOf(&corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
 		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: "10.96.0.21", ClusterIPs: []string{"10.96.0.21"}},
-	}, nil)
+	}), nil)
 	if got := addrOf("Web.Default.svc.cluster.local."); got != "10.96.0.21" {
 		t.Errorf("after the Service changed: %s, want 10.96.0.21", got)
 	}

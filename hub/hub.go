@@ -41,8 +41,8 @@ type Hub struct {
 	synced  []cache.InformerSynced // the Node cache: routing needs nothing else
 	log     *zap.Logger
 
-	services       corelisters.ServiceLister
-	slices         cache.Indexer // EndpointSlices, indexed byService
+	services       cache.Indexer // *Service, by namespace/name
+	slices         cache.Indexer // *EndpointSlice, indexed byService
 	servicesSynced []cache.DoneChecker
 
 	mu            sync.Mutex

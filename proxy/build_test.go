@@ -16,6 +16,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+
+	"github.com/nodenet/nodenet/hub"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata golden files")
@@ -168,7 +170,7 @@ func TestFromObjects(t *testing.T) {
 		}}}},
 		{ObjectMeta: meta("headless", nil), Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone,
 			Ports: []corev1.ServicePort{{Port: 80}}}},
-		{ObjectMeta: meta("other-proxy", map[string]string{labelServiceProxyName: "someone-else"}),
+		{ObjectMeta: meta("other-proxy", map[string]string{hub.LabelServiceProxyName: "someone-else"}),
 			Spec: corev1.ServiceSpec{ClusterIP: "172.30.0.11", Ports: []corev1.ServicePort{{Port: 80}}}},
 		{ObjectMeta: meta("ext", nil), Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com"}},
 	}
@@ -224,8 +226,8 @@ func TestFromObjects(t *testing.T) {
 	}
 }
 
-// fromObjects converts lists of API objects to a State through InputFromObjects, the way the
-// runner does one Service at a time: headless, ExternalName and Services claimed by another proxy
+// fromObjects converts lists of API objects to a State through the hub's cached form and
+// InputFromObjects, the way the runner does one Service at a time: headless, ExternalName and Services claimed by another proxy
 // (service.kubernetes.io/service-proxy-name) are skipped; EndpointSlices are
 // merged by their kubernetes.io/service-name label (see InputFromObjects).
 func fromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node Node, clusterCIDRs []netip.Prefix, masqueradeAll bool) State {
@@ -235,15 +237,15 @@ func fromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node 
 		ClusterCIDRs:  clusterCIDRs,
 		MasqueradeAll: masqueradeAll,
 	}
-	slicesOf := map[ServiceKey][]*discoveryv1.EndpointSlice{}
+	slicesOf := map[ServiceKey][]*hub.EndpointSlice{}
 	for _, sl := range eps {
-		if name := sl.Labels[labelServiceName]; name != "" {
+		if name := sl.Labels[discoveryv1.LabelServiceName]; name != "" {
 			k := ServiceKey{sl.Namespace, name}
-			slicesOf[k] = append(slicesOf[k], sl)
+			slicesOf[k] = append(slicesOf[k], hub.EndpointSliceOf(sl))
 		}
 	}
 	for _, svc := range svcs {
-		in, ok := InputFromObjects(svc, slicesOf[ServiceKey{svc.Namespace, svc.Name}])
+		in, ok := InputFromObjects(hub.ServiceOf(svc), slicesOf[ServiceKey{svc.Namespace, svc.Name}])
 		if !ok {
 			continue
 		}

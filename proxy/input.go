@@ -3,12 +3,12 @@ package proxy
 import (
 	"maps"
 	"net/netip"
-	"slices"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/nodenet/nodenet/hub"
 )
 
 // Protocol is a transport protocol a Service port can use.
@@ -83,16 +83,11 @@ type State struct {
 	MasqueradeAll bool
 }
 
-const (
-	labelServiceName      = discoveryv1.LabelServiceName // kubernetes.io/service-name
-	labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
-)
-
-// InputFromObjects converts one Service and its EndpointSlices. It reports
-// false for Services the proxy does not handle. Endpoints are deduplicated
-// by address across slices (the same address may sit in two slices while
-// the controller moves it); a nil ready condition counts as ready.
-func InputFromObjects(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (ServiceInput, bool) {
+// InputFromObjects converts one Service and its EndpointSlices, as the hub
+// caches them. It reports false for Services the proxy does not handle.
+// Endpoints are deduplicated by address across slices (the same address may
+// sit in two slices while the controller moves it).
+func InputFromObjects(svc *hub.Service, slices []*hub.EndpointSlice) (ServiceInput, bool) {
 	s, ok := serviceFromObject(svc)
 	if !ok {
 		return ServiceInput{}, false
@@ -110,27 +105,12 @@ func InputFromObjects(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) 
 		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
 		}
-		ports := map[string]int32{}
+		ports := make(map[string]int32, len(sl.Ports))
 		for _, p := range sl.Ports {
-			if p.Port == nil {
-				continue
-			}
-			n := ""
-			if p.Name != nil {
-				n = *p.Name
-			}
-			ports[n] = *p.Port
+			ports[p.Name] = p.Port
 		}
 		for _, e := range sl.Endpoints {
-			if len(e.Addresses) == 0 {
-				continue
-			}
-			addr, err := netip.ParseAddr(e.Addresses[0])
-			if err != nil {
-				continue
-			}
-			addr = addr.Unmap()
-			if i, dup := seen[addr]; dup {
+			if i, dup := seen[e.Addr]; dup {
 				// Keep the first conditions, merge the ports into a copy:
 				// the map may be shared with the first slice's endpoints.
 				merged := maps.Clone(in.Endpoints[i].Ports)
@@ -138,97 +118,71 @@ func InputFromObjects(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) 
 				in.Endpoints[i].Ports = merged
 				continue
 			}
-			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
-			serving := ready
-			if e.Conditions.Serving != nil {
-				serving = *e.Conditions.Serving
-			}
-			ep := Endpoint{
-				Addr:        addr,
+			seen[e.Addr] = len(in.Endpoints)
+			in.Endpoints = append(in.Endpoints, Endpoint{
+				Addr:        e.Addr,
 				Ports:       ports, // shared by the slice's endpoints, never changed in place
-				Ready:       ready,
-				Serving:     serving,
-				Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
-			}
-			if e.NodeName != nil {
-				ep.NodeName = *e.NodeName
-			}
-			if e.Hints != nil {
-				for _, z := range e.Hints.ForZones {
-					ep.ZoneHints = append(ep.ZoneHints, z.Name)
-				}
-			}
-			seen[addr] = len(in.Endpoints)
-			in.Endpoints = append(in.Endpoints, ep)
+				NodeName:    e.NodeName(),
+				Ready:       e.Ready,
+				Serving:     e.Serving,
+				Terminating: e.Terminating,
+				ZoneHints:   e.ZoneHints(),
+			})
 		}
 	}
 	return in, true
 }
 
-func serviceFromObject(svc *corev1.Service) (Service, bool) {
-	if _, ok := svc.Labels[labelServiceProxyName]; ok {
+// handled reports whether the proxy programs a Service: not one another
+// proxy claims, nor an ExternalName or headless one, nor one without a
+// cluster IP yet.
+func handled(svc *hub.Service) bool {
+	return !svc.OtherProxy && svc.Type != corev1.ServiceTypeExternalName && !svc.Headless && len(svc.ClusterIPs) > 0
+}
+
+func serviceFromObject(svc *hub.Service) (Service, bool) {
+	if !handled(svc) {
 		return Service{}, false
 	}
-	if svc.Spec.Type == corev1.ServiceTypeExternalName {
-		return Service{}, false
-	}
-	if svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
-		return Service{}, false
-	}
+	// The address lists are shared with the hub's cache, which never changes them.
 	s := Service{
-		Namespace:     svc.Namespace,
-		Name:          svc.Name,
-		ClusterIPs:    parseAddrs(svc.Spec.ClusterIPs),
-		ExternalIPs:   parseAddrs(svc.Spec.ExternalIPs),
-		ExternalLocal: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
-		InternalLocal: svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
+		Namespace:              svc.Namespace,
+		Name:                   svc.Name,
+		ClusterIPs:             svc.ClusterIPs,
+		ExternalIPs:            svc.ExternalIPs,
+		ExternalLocal:          svc.ExternalTrafficLocal,
+		InternalLocal:          svc.InternalTrafficLocal,
+		SessionAffinityTimeout: svc.SessionAffinityTimeout,
 	}
-	if len(s.ClusterIPs) == 0 {
-		s.ClusterIPs = parseAddrs([]string{svc.Spec.ClusterIP})
-	}
-	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			if ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy {
-				continue // the load balancer proxies; traffic arrives at the node, not the VIP
-			}
-			s.LoadBalancerIPs = append(s.LoadBalancerIPs, parseAddrs([]string{ing.IP})...)
-		}
-		for _, r := range svc.Spec.LoadBalancerSourceRanges {
-			if p, err := netip.ParsePrefix(strings.TrimSpace(r)); err == nil {
-				s.LoadBalancerSourceRanges = append(s.LoadBalancerSourceRanges, p.Masked())
-			}
+	if svc.Type == corev1.ServiceTypeLoadBalancer {
+		s.LoadBalancerIPs = svc.LoadBalancerIPs
+		for _, p := range svc.LoadBalancerSourceRanges {
+			s.LoadBalancerSourceRanges = append(s.LoadBalancerSourceRanges, p.Masked())
 		}
 	}
-	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
-		secs := int32(corev1.DefaultClientIPServiceAffinitySeconds)
-		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-			secs = *c.ClientIP.TimeoutSeconds
-		}
-		s.SessionAffinityTimeout = time.Duration(secs) * time.Second
-	}
-	for _, p := range svc.Spec.Ports {
-		proto := Protocol(strings.ToLower(string(p.Protocol)))
-		if proto == "" {
-			proto = TCP
-		}
-		if !slices.Contains([]Protocol{TCP, UDP, SCTP}, proto) {
+	for _, p := range svc.Ports {
+		proto, ok := protocolOf(p.Protocol)
+		if !ok {
 			continue
 		}
 		sp := ServicePort{Name: p.Name, Protocol: proto, Port: p.Port, NodePort: p.NodePort}
 		if s.ExternalLocal {
-			sp.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
+			sp.HealthCheckNodePort = svc.HealthCheckNodePort
 		}
 		s.Ports = append(s.Ports, sp)
 	}
 	return s, true
 }
 
-func parseAddrs(ss []string) []netip.Addr {
-	var out []netip.Addr
-	for _, s := range ss {
-		if a, err := netip.ParseAddr(strings.TrimSpace(s)); err == nil {
-			out = append(out, a.Unmap())
-		}
+// protocolOf maps the protocols the proxy load-balances to its own names.
+func protocolOf(p corev1.Protocol) (Protocol, bool) {
+	switch p {
+	case corev1.ProtocolTCP:
+		return TCP, true
+	case corev1.ProtocolUDP:
+		return UDP, true
+	case corev1.ProtocolSCTP:
+		return SCTP, true
 	}
-	return out
+	return "", false
 }

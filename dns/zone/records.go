@@ -8,6 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/nodenet/nodenet/hub"
 )
 
 // service is what the zone keeps of one Service: already in the shape answers take, built once per
@@ -36,49 +38,40 @@ type endpoint struct {
 
 // newService reads a Service and its EndpointSlices; ok is false for a Service DNS does not
 // publish.
-func newService(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) (*service, bool) {
+func newService(svc *hub.Service, endpointSlices []*hub.EndpointSlice) (*service, bool) {
 	s := &service{name: strings.ToLower(svc.Name), namespace: strings.ToLower(svc.Namespace)}
 	switch {
-	case svc.Spec.Type == corev1.ServiceTypeExternalName:
-		target := strings.ToLower(strings.TrimSuffix(svc.Spec.ExternalName, "."))
+	case svc.Type == corev1.ServiceTypeExternalName:
+		target := strings.ToLower(strings.TrimSuffix(svc.ExternalName, "."))
 		if target == "" {
 			return nil, false
 		}
 		s.externalName = target + "."
 		return s, true
-	case svc.Spec.ClusterIP == corev1.ClusterIPNone:
+	case svc.Headless:
 		s.headless = true
-		s.endpoints, s.ports = publishedEndpoints(endpointSlices, svc.Spec.PublishNotReadyAddresses)
+		s.endpoints, s.ports = publishedEndpoints(endpointSlices, svc.PublishNotReadyAddresses)
 		return s, true
 	}
-	for _, ip := range clusterIPs(svc) {
-		if a, err := netip.ParseAddr(ip); err == nil {
-			s.clusterIPs = append(s.clusterIPs, a.Unmap())
-		}
-	}
-	if len(s.clusterIPs) == 0 {
+	if len(svc.ClusterIPs) == 0 {
 		return nil, false // not allocated yet
 	}
-	for _, p := range svc.Spec.Ports {
+	s.clusterIPs = svc.ClusterIPs // shared with the hub's cache, which never changes it
+	for _, p := range svc.Ports {
 		s.ports = append(s.ports, port{name: strings.ToLower(p.Name), protocol: protocolLabel(p.Protocol), number: uint16(p.Port)})
 	}
 	return s, true
 }
 
-// clusterIPs falls back to spec.clusterIP for objects written before dual stack existed.
-func clusterIPs(svc *corev1.Service) []string {
-	if len(svc.Spec.ClusterIPs) > 0 {
-		return svc.Spec.ClusterIPs
-	}
-	if svc.Spec.ClusterIP != "" {
-		return []string{svc.Spec.ClusterIP}
-	}
-	return nil
-}
-
+// protocolLabel is a protocol as SRV names spell it.
 func protocolLabel(p corev1.Protocol) string {
-	if p == "" {
+	switch p {
+	case corev1.ProtocolTCP:
 		return "tcp"
+	case corev1.ProtocolUDP:
+		return "udp"
+	case corev1.ProtocolSCTP:
+		return "sctp"
 	}
 	return strings.ToLower(string(p))
 }
@@ -87,7 +80,7 @@ func protocolLabel(p corev1.Protocol) string {
 // all of them when the Service publishes not-ready addresses (as StatefulSets' governing
 // Services do, so peers find each other before they are ready). Terminating endpoints are never
 // published: their pods are going away.
-func publishedEndpoints(endpointSlices []*discoveryv1.EndpointSlice, publishNotReady bool) ([]endpoint, []port) {
+func publishedEndpoints(endpointSlices []*hub.EndpointSlice, publishNotReady bool) ([]endpoint, []port) {
 	var eps []endpoint
 	var ports []port
 	for _, sl := range endpointSlices {
@@ -95,31 +88,17 @@ func publishedEndpoints(endpointSlices []*discoveryv1.EndpointSlice, publishNotR
 			continue
 		}
 		for _, p := range sl.Ports {
-			if p.Port == nil {
-				continue
-			}
-			pt := port{number: uint16(*p.Port), protocol: "tcp"}
-			if p.Name != nil {
-				pt.name = strings.ToLower(*p.Name)
-			}
-			if p.Protocol != nil {
-				pt.protocol = protocolLabel(*p.Protocol)
-			}
-			ports = append(ports, pt)
+			ports = append(ports, port{name: strings.ToLower(p.Name), protocol: protocolLabel(p.Protocol), number: uint16(p.Port)})
 		}
 		for _, e := range sl.Endpoints {
-			if !published(e.Conditions, publishNotReady) {
+			// A terminating endpoint is not ready, so it leaves DNS as its pod goes away.
+			if !publishNotReady && !e.Ready {
 				continue
 			}
-			for _, a := range e.Addresses {
-				addr, err := netip.ParseAddr(a)
-				if err != nil {
-					continue
-				}
-				addr = addr.Unmap()
+			for _, addr := range e.Addrs() {
 				label := dashed(addr)
-				if e.Hostname != nil && *e.Hostname != "" {
-					label = strings.ToLower(*e.Hostname)
+				if h := e.Hostname(); h != "" {
+					label = strings.ToLower(h)
 				}
 				eps = append(eps, endpoint{label: label, addr: addr})
 			}
@@ -132,12 +111,6 @@ func publishedEndpoints(endpointSlices []*discoveryv1.EndpointSlice, publishNotR
 
 func comparePorts(a, b port) int {
 	return cmp.Or(cmp.Compare(a.name, b.name), cmp.Compare(a.protocol, b.protocol), cmp.Compare(a.number, b.number))
-}
-
-// published reads the conditions as the API defines them: a nil Ready means ready. A terminating
-// endpoint is not ready, so it leaves DNS as its pod goes away.
-func published(c discoveryv1.EndpointConditions, publishNotReady bool) bool {
-	return publishNotReady || c.Ready == nil || *c.Ready
 }
 
 // dashed writes an address as one DNS label: dots or colons become dashes, as the spec's

@@ -14,8 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
+	"github.com/nodenet/nodenet/hub"
 )
 
 // SchemaVersion is the version of the specification the zone follows, published in
@@ -74,7 +73,7 @@ func (z *Zone) Origin() string { return z.origin }
 
 // Set records the current state of the Service namespace/name: svc nil means it does not exist.
 // endpointSlices are its slices; the zone keeps nothing of the objects themselves.
-func (z *Zone) Set(namespace, name string, svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) {
+func (z *Zone) Set(namespace, name string, svc *hub.Service, endpointSlices []*hub.EndpointSlice) {
 	var s *service
 	if svc != nil {
 		s, _ = newService(svc, endpointSlices)

@@ -12,30 +12,34 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nodenet/nodenet/hub"
 )
 
 // The fixtures follow CoreDNS's kubernetes plugin tests, so the cases below can be checked
 // against its handler_test.go answer for answer.
 
-func clusterIPService(ns, name string, ips []string, ports ...corev1.ServicePort) *corev1.Service {
-	return &corev1.Service{
+// The fixtures are API objects in the form the hub caches them, as the zone is fed in the daemon.
+
+func clusterIPService(ns, name string, ips []string, ports ...corev1.ServicePort) *hub.Service {
+	return hub.ServiceOf(&corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: ips[0], ClusterIPs: ips, Ports: ports},
-	}
+	})
 }
 
-func headlessService(ns, name string, publishNotReady bool) *corev1.Service {
-	return &corev1.Service{
+func headlessService(ns, name string, publishNotReady bool) *hub.Service {
+	return hub.ServiceOf(&corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: corev1.ClusterIPNone, PublishNotReadyAddresses: publishNotReady},
-	}
+	})
 }
 
-func externalService(ns, name, target string) *corev1.Service {
-	return &corev1.Service{
+func externalService(ns, name, target string) *hub.Service {
+	return hub.ServiceOf(&corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: target},
-	}
+	})
 }
 
 func svcPort(name string, proto corev1.Protocol, n int32) corev1.ServicePort {
@@ -48,7 +52,7 @@ type ep struct {
 	ready    *bool
 }
 
-func endpointSlice(ns, name string, family discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...ep) *discoveryv1.EndpointSlice {
+func endpointSlice(ns, name string, family discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...ep) *hub.EndpointSlice {
 	s := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name + "-" + strings.ToLower(string(family))},
 		AddressType: family,
@@ -61,7 +65,7 @@ func endpointSlice(ns, name string, family discoveryv1.AddressType, ports []disc
 		}
 		s.Endpoints = append(s.Endpoints, d)
 	}
-	return s
+	return hub.EndpointSliceOf(s)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -76,7 +80,7 @@ func testZone(t testing.TB) *Zone {
 	z := New(Config{Domain: "cluster.local", TTL: 5, Nameservers: []netip.Addr{netip.MustParseAddr("169.254.20.10")},
 		Now: func() time.Time { return time.Unix(1700000000, 0) }})
 	http := []discoveryv1.EndpointPort{slicePort("http", corev1.ProtocolTCP, 80)}
-	set := func(svc *corev1.Service, slices ...*discoveryv1.EndpointSlice) {
+	set := func(svc *hub.Service, slices ...*hub.EndpointSlice) {
 		z.Set(svc.Namespace, svc.Name, svc, slices)
 	}
 	set(clusterIPService("testns", "svc1", []string{"10.0.0.1"}, svcPort("http", corev1.ProtocolTCP, 80)),
