@@ -134,13 +134,26 @@ func (n *Node) startHolder(ctx context.Context, hs []hierarchy) error {
 		return err
 	}
 	n.holder = p
+	if err := waitFor(ctx, time.Minute, p, func(context.Context) error {
+		_, err := os.Stat(n.holderReady())
+		return err
+	}); err != nil {
+		return err
+	}
+	// Only now: until ip netns exec has unshared, the holder's PID is in the host's mount
+	// namespace, and ending "every process of that namespace" would end the host's.
 	if n.mountNS, err = os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", p.PID())); err != nil {
 		return err
 	}
-	return waitFor(ctx, time.Minute, p, func(context.Context) error {
-		_, err := os.Stat(n.holderReady())
+	own, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
 		return err
-	})
+	}
+	if n.mountNS == own {
+		n.mountNS = ""
+		return fmt.Errorf("node %s: the holder (pid %d) shares this process's mount namespace", n.Name, p.PID())
+	}
+	return nil
 }
 
 // enter returns argv run inside the node's mount and network namespaces, with the node's
@@ -203,7 +216,10 @@ func (n *Node) startKubelet(ctx context.Context) error {
 func (n *Node) endProcesses() error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		pids := append(n.cgroupPIDs(), pidsInMountNamespace(n.mountNS, n.holder.PID())...)
+		pids := n.cgroupPIDs()
+		if n.mountNS != "" {
+			pids = append(pids, pidsInMountNamespace(n.mountNS, n.holder.PID())...)
+		}
 		if len(pids) == 0 {
 			return nil
 		}
