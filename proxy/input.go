@@ -83,6 +83,37 @@ type State struct {
 	MasqueradeAll bool
 }
 
+// FromHub returns the source of a Service's input over the hub's cache; it
+// reports false for Services the proxy does not handle. The source converts
+// the objects whenever it is asked (see InputSource).
+func FromHub(svc *hub.Service, slices []*hub.EndpointSlice) (InputSource, bool) {
+	if !handled(svc) {
+		return nil, false
+	}
+	return hubSource{svc, slices}, true
+}
+
+// hubSource is a Service and its EndpointSlices as the hub caches them.
+type hubSource struct {
+	svc    *hub.Service
+	slices []*hub.EndpointSlice
+}
+
+func (h hubSource) Input() ServiceInput {
+	in, _ := InputFromObjects(h.svc, h.slices)
+	return in
+}
+
+// ServiceOf returns the Service of a source's input, without building its
+// endpoints where the source can.
+func ServiceOf(src InputSource) Service {
+	if h, ok := src.(hubSource); ok {
+		svc, _ := serviceFromObject(h.svc)
+		return svc
+	}
+	return src.Input().Service
+}
+
 // InputFromObjects converts one Service and its EndpointSlices, as the hub
 // caches them. It reports false for Services the proxy does not handle.
 // Endpoints are deduplicated by address across slices (the same address may
@@ -97,8 +128,6 @@ func InputFromObjects(svc *hub.Service, slices []*hub.EndpointSlice) (ServiceInp
 	for _, sl := range slices {
 		n += len(sl.Endpoints)
 	}
-	// Exactly as many as the slices hold: the Syncer keeps every Service's endpoints, and
-	// append's doubling would leave a third of them unused.
 	in.Endpoints = make([]Endpoint, 0, n)
 	seen := make(map[netip.Addr]int, n)
 	for _, sl := range slices {

@@ -17,6 +17,18 @@ type ServiceInput struct {
 	Endpoints []Endpoint
 }
 
+// An InputSource gives one Service's input. The Syncer keeps sources, not
+// inputs, and asks again whenever it rebuilds the Service's rules: a source
+// over the hub's cache, whose objects are replaced but never changed, costs
+// it a few pointers per Service, where a copy of every endpoint would cost
+// megabytes at 100,000 of them. A *ServiceInput is its own source.
+type InputSource interface {
+	Input() ServiceInput
+}
+
+// Input returns the input itself.
+func (in *ServiceInput) Input() ServiceInput { return *in }
+
 // SyncResult says what a sync did.
 type SyncResult struct {
 	Full     bool // the tables were compared with the kernel
@@ -37,7 +49,7 @@ type Syncer struct {
 	app    *Applier
 	log    *zap.Logger
 	facts  Facts
-	inputs map[ServiceKey]ServiceInput
+	inputs map[ServiceKey]InputSource
 	// Below, the ledger: nil until a full sync succeeds, and again after
 	// any failure, which makes the next sync a full one. It leaves out the
 	// hairpin pairs: pairs says which are written.
@@ -56,7 +68,7 @@ type Syncer struct {
 // NewSyncer returns a Syncer writing through app.
 func NewSyncer(app *Applier, facts Facts, log *zap.Logger) *Syncer {
 	return &Syncer{app: app, log: log.Named("proxy"), facts: facts,
-		inputs: map[ServiceKey]ServiceInput{}, rejected: map[ServiceKey]error{}}
+		inputs: map[ServiceKey]InputSource{}, rejected: map[ServiceKey]error{}}
 }
 
 // SetFacts changes the node facts; the next Sync rebuilds every Service.
@@ -75,19 +87,28 @@ func factsEqual(a, b Facts) bool {
 
 // Input returns the current input of a Service.
 func (s *Syncer) Input(k ServiceKey) (ServiceInput, bool) {
-	in, ok := s.inputs[k]
-	return in, ok
+	src, ok := s.inputs[k]
+	if !ok {
+		return ServiceInput{}, false
+	}
+	return src.Input(), true
 }
 
 // Facts returns the node facts the rules are built for.
 func (s *Syncer) Facts() Facts { return s.facts }
 
-// State returns every input as one State, for consumers that look at the
-// whole world (the conntrack cleaner).
-func (s *Syncer) State() State {
+// State returns the inputs of the Services keep selects as one State, for
+// consumers that look at the whole world but care for few of its Services
+// (the conntrack cleaner, the health checks): the endpoints of the others
+// are not built.
+func (s *Syncer) State(keep func(Service) bool) State {
 	st := State{Node: s.facts.Node, ClusterCIDRs: s.facts.ClusterCIDRs, MasqueradeAll: s.facts.MasqueradeAll,
-		Endpoints: make(map[ServiceKey][]Endpoint, len(s.inputs))}
-	for k, in := range s.inputs {
+		Endpoints: map[ServiceKey][]Endpoint{}}
+	for k, src := range s.inputs {
+		if !keep(ServiceOf(src)) {
+			continue
+		}
+		in := src.Input()
 		st.Services = append(st.Services, in.Service)
 		st.Endpoints[k] = in.Endpoints
 	}
@@ -98,21 +119,21 @@ func (s *Syncer) State() State {
 // the reason.
 func (s *Syncer) Rejected() map[ServiceKey]error { return maps.Clone(s.rejected) }
 
-// Sync takes new inputs for the changed Services (nil: the Service is
-// gone) and brings the kernel up to date.
-func (s *Syncer) Sync(changed map[ServiceKey]*ServiceInput) (SyncResult, error) {
-	before := make(map[ServiceKey]*ServiceInput, len(changed))
+// Sync takes the sources of the changed Services' inputs (nil: the
+// Service is gone) and brings the kernel up to date.
+func (s *Syncer) Sync(changed map[ServiceKey]InputSource) (SyncResult, error) {
+	before := make(map[ServiceKey]InputSource, len(changed))
 	for k := range changed {
-		if in, ok := s.inputs[k]; ok && s.rejected[k] == nil {
-			before[k] = &in
+		if src, ok := s.inputs[k]; ok && s.rejected[k] == nil {
+			before[k] = src
 		}
 	}
-	for k, in := range changed {
+	for k, src := range changed {
 		delete(s.rejected, k)
-		if in == nil {
+		if src == nil {
 			delete(s.inputs, k)
 		} else {
-			s.inputs[k] = *in
+			s.inputs[k] = src
 		}
 	}
 	if s.ledger == nil {
@@ -194,10 +215,11 @@ func (s *Syncer) fragments(keys []ServiceKey) map[ServiceKey]Fragment {
 
 // fragment builds one Service's fragment; a gone or rejected Service has none.
 func (s *Syncer) fragment(k ServiceKey) Fragment {
-	in, ok := s.inputs[k]
+	src, ok := s.inputs[k]
 	if !ok || s.rejected[k] != nil {
 		return Fragment{}
 	}
+	in := src.Input()
 	return BuildService(s.facts, in.Service, in.Endpoints)
 }
 
@@ -355,7 +377,7 @@ func (s *Syncer) element(k ServiceKey, ek elemKey, frags map[ServiceKey]Fragment
 // their chains and sets in their shards, and every map key they claimed
 // or claim, wherever its winner lives. before holds their previous inputs
 // (absent: the Service had no rules).
-func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput) (SyncResult, error) {
+func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (SyncResult, error) {
 	frags := s.fragments(keys)
 	have := map[string]*Digest{}
 	want := map[string]*desired{}
@@ -382,7 +404,8 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]*ServiceInput)
 		t := shardTable(shardOf(k))
 		h, w := scope(t)
 		var old Fragment
-		if in := before[k]; in != nil {
+		if src := before[k]; src != nil {
+			in := src.Input()
 			old = BuildService(s.facts, in.Service, in.Endpoints)
 		}
 		for _, c := range old.Chains {

@@ -11,24 +11,35 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/nodenet/nodenet/hub"
 )
 
 // benchWorld is the Service benchmark's world (bench/proxy): n ClusterIP Services with one TCP
-// port and ten ready endpoints each, no NodePort.
-func benchWorld(n int) map[ServiceKey]*ServiceInput {
-	out := make(map[ServiceKey]*ServiceInput, n)
-	ports := map[string]int32{"http": 8080}
+// port and ten ready endpoints each, no NodePort, as the hub caches them.
+func benchWorld(n int) map[ServiceKey]InputSource {
+	out := make(map[ServiceKey]InputSource, n)
 	for i := range n {
-		svc := Service{Namespace: "bench", Name: fmt.Sprintf("svc-%05d", i),
-			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})},
-			Ports:      []ServicePort{{Name: "http", Protocol: TCP, Port: 80}}}
-		in := &ServiceInput{Service: svc}
+		name := fmt.Sprintf("svc-%05d", i)
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: name},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP,
+				ClusterIP: netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)}).String(),
+				Ports:     []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}}}}
+		sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: name + "-bench"},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](8080)}}}
 		for j := range 10 {
 			e := i*10 + j
-			in.Endpoints = append(in.Endpoints, Endpoint{Addr: netip.AddrFrom4([4]byte{10, byte(128 + e>>16), byte(e >> 8), byte(e)}),
-				Ports: ports, Ready: true, Serving: true})
+			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{
+				Addresses:  []string{netip.AddrFrom4([4]byte{10, byte(128 + e>>16), byte(e >> 8), byte(e)}).String()},
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
 		}
-		out[svc.Key()] = in
+		src, _ := FromHub(hub.ServiceOf(svc), []*hub.EndpointSlice{hub.EndpointSliceOf(sl)})
+		out[ServiceKey{"bench", name}] = src
 	}
 	return out
 }

@@ -14,8 +14,8 @@ import (
 
 // manyServices returns n ClusterIP Services with a NodePort and two
 // endpoints each, numbered from first.
-func manyServices(first, n int) map[ServiceKey]*ServiceInput {
-	out := map[ServiceKey]*ServiceInput{}
+func manyServices(first, n int) map[ServiceKey]InputSource {
+	out := map[ServiceKey]InputSource{}
 	for i := first; i < first+n; i++ {
 		svc := Service{Namespace: "bench", Name: fmt.Sprintf("svc-%05d", i),
 			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
@@ -36,7 +36,7 @@ func newTestSyncer(t *testing.T, node ns.NetNS) *Syncer {
 	return NewSyncer(NewApplier(int(node.Fd())), syncerFacts(), zaptest.NewLogger(t))
 }
 
-func mustSync(t *testing.T, s *Syncer, changed map[ServiceKey]*ServiceInput) SyncResult {
+func mustSync(t *testing.T, s *Syncer, changed map[ServiceKey]InputSource) SyncResult {
 	t.Helper()
 	res, err := s.Sync(changed)
 	if err != nil {
@@ -68,8 +68,9 @@ func checkLedger(t *testing.T, s *Syncer) {
 		}
 	}
 	st := State{Node: s.facts.Node, ClusterCIDRs: s.facts.ClusterCIDRs, Endpoints: map[ServiceKey][]Endpoint{}}
-	for k, in := range s.inputs {
+	for k, src := range s.inputs {
 		if s.rejected[k] == nil {
+			in := src.Input()
 			st.Services = append(st.Services, in.Service)
 			st.Endpoints[k] = in.Endpoints
 		}
@@ -108,12 +109,12 @@ func TestSyncerTransactionSize(t *testing.T) {
 	k := ServiceKey{"bench", "svc-00007"}
 	in, _ := s.Input(k)
 	in.Endpoints = in.Endpoints[:1]
-	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{k: &in}); res.Ops != 4 || res.Batches != 1 {
+	if res := mustSync(t, s, map[ServiceKey]InputSource{k: &in}); res.Ops != 4 || res.Batches != 1 {
 		t.Errorf("removing one endpoint: %+v, want 4 objects in one batch", res)
 	}
 	// A Service deleted: 2 map elements and 2 hairpin pairs deleted, 2
 	// chains flushed and deleted.
-	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{{"bench", "svc-00008"}: nil}); res.Ops != 8 {
+	if res := mustSync(t, s, map[ServiceKey]InputSource{{"bench", "svc-00008"}: nil}); res.Ops != 8 {
 		t.Errorf("deleting one Service: %+v, want 8 objects", res)
 	}
 	checkLedger(t, s)
@@ -212,7 +213,7 @@ func TestSyncerSharedKey(t *testing.T) {
 			Endpoints: []Endpoint{ep(backend, nodeA, http8080())},
 		}
 	}
-	mustSync(t, s, map[ServiceKey]*ServiceInput{
+	mustSync(t, s, map[ServiceKey]InputSource{
 		{"ns", "b"}: mk("b", "10.96.0.2", "10.244.0.2"),
 		{"ns", "a"}: mk("a", "10.96.0.1", "10.244.0.1"),
 	})
@@ -224,7 +225,7 @@ func TestSyncerSharedKey(t *testing.T) {
 		t.Errorf("shared key goes to %q, want ns/a", got)
 	}
 	checkLedger(t, s)
-	mustSync(t, s, map[ServiceKey]*ServiceInput{{"ns", "a"}: nil})
+	mustSync(t, s, map[ServiceKey]InputSource{{"ns", "a"}: nil})
 	if got := owner(); !strings.Contains(got, "ns/b/") {
 		t.Errorf("after deleting ns/a the shared key goes to %q, want ns/b", got)
 	}
@@ -263,7 +264,7 @@ func TestSyncerRejectsBrokenServiceAlone(t *testing.T) {
 	// Later changes to others are partial again; fixing the bad one takes it in.
 	mustSync(t, s, manyServices(3, 1))
 	bad.Service.Ports[0].Protocol = UDP
-	if res := mustSync(t, s, map[ServiceKey]*ServiceInput{{"ns", "bad"}: bad}); res.Full || len(s.Rejected()) != 0 {
+	if res := mustSync(t, s, map[ServiceKey]InputSource{{"ns", "bad"}: bad}); res.Full || len(s.Rejected()) != 0 {
 		t.Errorf("fixed Service: %+v, rejected %v", res, s.Rejected())
 	}
 	checkLedger(t, s)

@@ -136,7 +136,7 @@ func (r *runner) refreshFacts() {
 // sync takes the pending changes, converts them and programs them.
 func (r *runner) sync() error {
 	taken := r.changes.Take()
-	changed := make(map[proxy.ServiceKey]*proxy.ServiceInput, len(taken))
+	changed := make(map[proxy.ServiceKey]proxy.InputSource, len(taken))
 	udp := false
 	for hk, at := range taken {
 		k := proxy.ServiceKey(hk)
@@ -144,13 +144,15 @@ func (r *runner) sync() error {
 		if t, ok := r.pending[k]; !ok || t.IsZero() || (!at.IsZero() && at.Before(t)) {
 			r.pending[k] = at
 		}
-		in, err := r.input(hk)
+		src, err := r.input(hk)
 		if err != nil {
 			return err
 		}
-		changed[k] = in
-		old, _ := r.Syncer.Input(k)
-		udp = udp || hasDatagramPort(old.Service) || (in != nil && hasDatagramPort(in.Service))
+		changed[k] = src
+		if !udp {
+			old, _ := r.Syncer.Input(k)
+			udp = hasDatagramPort(old.Service) || (src != nil && hasDatagramPort(proxy.ServiceOf(src)))
+		}
 	}
 	start := time.Now()
 	res, err := r.Syncer.Sync(changed)
@@ -187,7 +189,7 @@ func (r *runner) sync() error {
 	r.synced = true
 	r.updateHealth(changed, first || res.Full)
 	if r.Conntrack != nil && (udp || first) {
-		if n, err := r.Conntrack.Clean(r.Syncer.State()); err != nil {
+		if n, err := r.Conntrack.Clean(r.Syncer.State(hasDatagramPort)); err != nil {
 			r.Log.Warn("conntrack cleanup", zap.Error(err))
 		} else if n > 0 {
 			r.Log.Debug("deleted stale conntrack flows", zap.Int("flows", n))
@@ -211,7 +213,7 @@ func (r *runner) announce() {
 
 // input reads one Service and its slices from the hub; nil means the
 // proxy has nothing to do for it (deleted, headless, another proxy's).
-func (r *runner) input(k hub.ServiceKey) (*proxy.ServiceInput, error) {
+func (r *runner) input(k hub.ServiceKey) (proxy.InputSource, error) {
 	svc, ok, err := r.Hub.Service(k)
 	if err != nil || !ok {
 		return nil, err
@@ -220,11 +222,11 @@ func (r *runner) input(k hub.ServiceKey) (*proxy.ServiceInput, error) {
 	if err != nil {
 		return nil, err
 	}
-	in, ok := proxy.InputFromObjects(svc, slices)
+	src, ok := proxy.FromHub(svc, slices)
 	if !ok {
 		return nil, nil
 	}
-	return &in, nil
+	return src, nil
 }
 
 func (r *runner) checkDrift(force bool) {
@@ -247,7 +249,7 @@ func (r *runner) checkDrift(force bool) {
 
 // updateHealth refreshes the health check ports and local endpoint
 // counts of the changed Services, or of all after a full sync.
-func (r *runner) updateHealth(changed map[proxy.ServiceKey]*proxy.ServiceInput, all bool) {
+func (r *runner) updateHealth(changed map[proxy.ServiceKey]proxy.InputSource, all bool) {
 	if r.Health == nil {
 		return
 	}
@@ -274,12 +276,17 @@ func (r *runner) updateHealth(changed map[proxy.ServiceKey]*proxy.ServiceInput, 
 	if all {
 		clear(r.hcPorts)
 		clear(r.local)
-		st := r.Syncer.State()
+		st := r.Syncer.State(func(svc proxy.Service) bool { return svc.ExternalLocal })
 		for _, svc := range st.Services {
 			update(svc.Key(), &proxy.ServiceInput{Service: svc, Endpoints: st.Endpoints[svc.Key()]})
 		}
 	} else {
-		for k, in := range changed {
+		for k, src := range changed {
+			var in *proxy.ServiceInput
+			if src != nil && proxy.ServiceOf(src).ExternalLocal {
+				v := src.Input()
+				in = &v
+			}
 			update(k, in)
 		}
 	}
