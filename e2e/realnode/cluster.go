@@ -94,7 +94,40 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
+	if err := c.routeControlPlane(ctx); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// routeControlPlane gives the control plane's namespace the routes a control-plane host of a real
+// cluster has, since it runs no nodenet of its own: each node's pod range via that node (the API
+// server reaches pods for pods/proxy, the e2e suite's webservers among them) and the Service range
+// via the first node.
+func (c *Cluster) routeControlPlane(ctx context.Context) error {
+	for _, n := range c.Nodes {
+		var cidrs []string
+		err := waitFor(ctx, time.Minute, n.kubelet, func(ctx context.Context) error {
+			node, err := c.CP.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if cidrs = node.Spec.PodCIDRs; len(cidrs) == 0 {
+				return fmt.Errorf("node %s has no podCIDRs yet", n.Name)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, cidr := range cidrs {
+			if _, err := c.CP.NS.Run("ip", "route", "add", cidr, "via", n.Address); err != nil {
+				return err
+			}
+		}
+	}
+	_, err := c.CP.NS.Run("ip", "route", "add", lab.ServiceCIDR, "via", c.Nodes[0].Address)
+	return err
 }
 
 // Close removes everything the cluster created.
