@@ -286,6 +286,13 @@ func (s *Syncer) full() (SyncResult, error) {
 		}
 		res.Ops += p.Ops()
 		pending, pendingOps = append(pending, p), pendingOps+p.Ops()
+		// A full batch goes at once: held while the next table is built,
+		// it would keep two shards' rules in memory at a cold start.
+		if pendingOps >= s.app.batchOps {
+			if err := send(); err != nil {
+				return s.failedFull(res, keys, err)
+			}
+		}
 	}
 	if err := send(); err != nil {
 		return s.failedFull(res, keys, err)

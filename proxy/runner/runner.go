@@ -141,7 +141,9 @@ func (r *runner) sync() error {
 	for hk, at := range taken {
 		k := proxy.ServiceKey(hk)
 		r.unannounced[hk] = struct{}{}
-		if t, ok := r.pending[k]; !ok || t.IsZero() || (!at.IsZero() && at.Before(t)) {
+		// Only known times: a change without one measures nothing, and a cold start
+		// would otherwise hold every key of the world here.
+		if t, ok := r.pending[k]; !at.IsZero() && (!ok || at.Before(t)) {
 			r.pending[k] = at
 		}
 		src, err := r.input(hk)
@@ -166,23 +168,19 @@ func (r *runner) sync() error {
 		return err
 	}
 	now := time.Now()
-	for k, t := range r.pending {
-		if !t.IsZero() && r.synced {
+	if r.synced {
+		for _, t := range r.pending {
 			r.m.programming.Observe(now.Sub(t).Seconds())
 		}
-		delete(r.pending, k)
 	}
+	// A new map rather than a cleared one, which would keep room for the largest sync so far:
+	// the whole world after a cold start.
+	r.pending = map[proxy.ServiceKey]time.Time{}
 	r.m.lastSync.Set(float64(now.UnixNano()) / 1e9)
 	r.m.rejected.Set(float64(len(r.Syncer.Rejected())))
 	if res.Ops > 0 || !r.synced {
 		r.Log.Info("synced", zap.String("mode", mode), zap.Int("services", res.Services), zap.Int("objects", res.Ops),
 			zap.Int("batches", res.Batches), zap.Duration("took", now.Sub(start)))
-	}
-	if res.Full && res.Services >= bigWorld {
-		// A full sync of a large world allocates several times the memory
-		// the proxy keeps afterwards; give it back now rather than over
-		// the next minutes, so the node sees the daemon's real size.
-		debug.FreeOSMemory()
 	}
 	r.announce()
 	first := !r.synced
@@ -194,6 +192,12 @@ func (r *runner) sync() error {
 		} else if n > 0 {
 			r.Log.Debug("deleted stale conntrack flows", zap.Int("flows", n))
 		}
+	}
+	if res.Full && res.Services >= bigWorld {
+		// A full sync of a large world allocates several times the memory
+		// the proxy keeps afterwards; give it back now rather than over
+		// the next minutes, so the node sees the daemon's real size.
+		debug.FreeOSMemory()
 	}
 	return nil
 }
@@ -207,7 +211,7 @@ func (r *runner) announce() {
 	for k := range r.unannounced {
 		keys = append(keys, k)
 	}
-	clear(r.unannounced)
+	r.unannounced = map[hub.ServiceKey]struct{}{} // not cleared: see pending
 	r.Programmed(keys)
 }
 
