@@ -9,9 +9,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodenet/nodenet/config"
 	"github.com/nodenet/nodenet/hub"
@@ -43,8 +40,8 @@ func retry(ctx context.Context, log *zap.Logger, what string, f func() error) er
 
 // nodeAddress is this node's underlay address: its Node's first InternalIP, the address kubelet
 // reports and the one peers route to.
-func nodeAddress(ctx context.Context, client kubernetes.Interface, nodeName string) (netip.Addr, error) {
-	node, err := client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+func nodeAddress(ctx context.Context, client kubeAPI, nodeName string) (netip.Addr, error) {
+	node, err := client.GetNode(ctx, nodeName)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("get node %s: %w", nodeName, err)
 	}
@@ -61,7 +58,7 @@ func nodeAddress(ctx context.Context, client kubernetes.Interface, nodeName stri
 
 // publishVTEP records this node's VXLAN device MAC on its own Node so peers can reach it. A merge
 // patch of one annotation touches nothing else of the object.
-func publishVTEP(ctx context.Context, client kubernetes.Interface, nodeName string, vtep routing.VTEP) error {
+func publishVTEP(ctx context.Context, client kubeAPI, nodeName string, vtep routing.VTEP) error {
 	value := ""
 	if vtep.MAC != nil {
 		value = vtep.MAC.String()
@@ -70,7 +67,7 @@ func publishVTEP(ctx context.Context, client kubernetes.Interface, nodeName stri
 	if err != nil {
 		return err
 	}
-	if _, err := client.CoreV1().Nodes().Patch(ctx, nodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if err := client.PatchNode(ctx, nodeName, patch); err != nil {
 		return fmt.Errorf("annotate node %s with %s: %w", nodeName, hub.VTEPMACAnnotation, err)
 	}
 	return nil

@@ -18,7 +18,6 @@ import (
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodenet/nodenet/cniexec"
 	"github.com/nodenet/nodenet/config"
@@ -68,12 +67,13 @@ func (d *daemon) run(ctx context.Context) error {
 // is ready. Long-running parts run in bg; everything opened here is closed only after bg has
 // stopped, so no request or sync runs on a closed handle.
 func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) error {
-	var client kubernetes.Interface
+	var client kubeAPI
 	if !d.cfg.Standalone() {
-		var err error
-		if client, err = newKubeClient(d.cfg.Kubeconfig, d.cfg.APIServer, d.log); err != nil {
+		c, err := newKubeClient(d.cfg.Kubeconfig, d.cfg.APIServer, d.log)
+		if err != nil {
 			return err
 		}
+		client = c
 	}
 	podCIDRs, err := d.podCIDRs(ctx, client)
 	if err != nil {
@@ -217,7 +217,7 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 
 // startRouting sets up the routes to other nodes' pods: the VXLAN device (its MAC published on
 // this Node for peers) and the loop that follows Node changes.
-func (d *daemon) startRouting(ctx context.Context, bg *errgroup.Group, client kubernetes.Interface, h *hub.Hub, nl *netlink.Handle, podCIDRs []netip.Prefix) (routing.VTEP, error) {
+func (d *daemon) startRouting(ctx context.Context, bg *errgroup.Group, client kubeAPI, h *hub.Hub, nl *netlink.Handle, podCIDRs []netip.Prefix) (routing.VTEP, error) {
 	var addr netip.Addr
 	if err := retry(ctx, d.log, "read this node's InternalIP", func() (err error) {
 		addr, err = nodeAddress(ctx, client, d.cfg.NodeName)
@@ -267,7 +267,7 @@ func (d *daemon) install(socket string) error {
 }
 
 // podCIDRs are the config's, else the Node's spec.podCIDRs once the controller assigned them.
-func (d *daemon) podCIDRs(ctx context.Context, client kubernetes.Interface) ([]netip.Prefix, error) {
+func (d *daemon) podCIDRs(ctx context.Context, client kubeAPI) ([]netip.Prefix, error) {
 	if len(d.cfg.PodCIDRs) > 0 {
 		return d.cfg.PodCIDRs, nil
 	}

@@ -9,19 +9,28 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodenet/nodenet/config"
+	"github.com/nodenet/nodenet/hub"
+	"github.com/nodenet/nodenet/kubeapi"
 )
+
+// kubeAPI is what the daemon asks of the API server: kubeapi.Client, or in tests a fake.
+type kubeAPI interface {
+	hub.API
+	Node(name string) cache.ListerWatcher
+	GetNode(ctx context.Context, name string) (*corev1.Node, error)
+	PatchNode(ctx context.Context, name string, mergePatch []byte) error
+}
 
 // newKubeClient uses the in-cluster service account when kubeconfig is empty, connecting where
 // inClusterServer says.
-func newKubeClient(kubeconfig string, apiServer config.APIServer, log *zap.Logger) (kubernetes.Interface, error) {
+func newKubeClient(kubeconfig string, apiServer config.APIServer, log *zap.Logger) (*kubeapi.Client, error) {
 	var rc *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -46,7 +55,7 @@ func newKubeClient(kubeconfig string, apiServer config.APIServer, log *zap.Logge
 	// memory. Patches keep their own JSON content types.
 	rc.ContentType = runtime.ContentTypeProtobuf
 	rc.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
-	return kubernetes.NewForConfig(rc)
+	return kubeapi.New(rc)
 }
 
 // retryInterval paces re-listing the Node after an API error or a closed watch.
@@ -55,13 +64,12 @@ const retryInterval = time.Second
 // waitForPodCIDRs watches this node's Node object until the node IPAM controller (or the admin)
 // has set spec.podCIDRs: a node that joins before its range is assigned must wait, not guess.
 // API errors are retried (the apiserver may come up after the node); a malformed range is not.
-func waitForPodCIDRs(ctx context.Context, client kubernetes.Interface, nodeName string, log *zap.Logger) ([]netip.Prefix, error) {
-	nodes := client.CoreV1().Nodes()
-	selector := fields.OneTermEqualSelector("metadata.name", nodeName).String()
+func waitForPodCIDRs(ctx context.Context, api kubeAPI, nodeName string, log *zap.Logger) ([]netip.Prefix, error) {
+	node := cache.ToListerWatcherWithContext(api.Node(nodeName))
 	log.Info("waiting for the Node to have spec.podCIDRs (assigned by kube-controller-manager --allocate-node-cidrs, or set podCIDRs in the config)",
 		zap.String("node", nodeName))
 	for {
-		list, err := nodes.List(ctx, metav1.ListOptions{FieldSelector: selector})
+		list, err := listNodes(ctx, node)
 		if err == nil {
 			for i := range list.Items {
 				if cidrs, found, err := nodePodCIDRs(&list.Items[i]); found || err != nil {
@@ -69,7 +77,7 @@ func waitForPodCIDRs(ctx context.Context, client kubernetes.Interface, nodeName 
 				}
 			}
 			var w watch.Interface
-			w, err = nodes.Watch(ctx, metav1.ListOptions{FieldSelector: selector, ResourceVersion: list.ResourceVersion})
+			w, err = node.WatchWithContext(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
 			if err == nil {
 				cidrs, found, err := watchPodCIDRs(w)
 				if found || err != nil {
@@ -86,6 +94,18 @@ func waitForPodCIDRs(ctx context.Context, client kubernetes.Interface, nodeName 
 		case <-time.After(retryInterval):
 		}
 	}
+}
+
+func listNodes(ctx context.Context, lw cache.ListerWatcherWithContext) (*corev1.NodeList, error) {
+	obj, err := lw.ListWithContext(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	list, ok := obj.(*corev1.NodeList)
+	if !ok {
+		return nil, fmt.Errorf("listing nodes returned a %T", obj)
+	}
+	return list, nil
 }
 
 // watchPodCIDRs consumes w until the node has podCIDRs or the watch ends.

@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/nodenet/nodenet/internal/kubetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -41,7 +43,7 @@ func TestWaitForPodCIDRs(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		cidrs, err := waitForPodCIDRs(ctx, client, "node1", zap.New(core))
+		cidrs, err := waitForPodCIDRs(ctx, kubetest.API{Clientset: client}, "node1", zap.New(core))
 		done <- result{cidrs, err}
 	}()
 	// The update must come after the daemon's watch exists: the fake, unlike the API server,
@@ -78,7 +80,7 @@ func TestWaitForPodCIDRsRejectsGarbage(t *testing.T) {
 		Spec: corev1.NodeSpec{PodCIDRs: []string{"10.244.3.0/33"}}})
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	_, err := waitForPodCIDRs(ctx, client, "node1", zap.NewNop())
+	_, err := waitForPodCIDRs(ctx, kubetest.API{Clientset: client}, "node1", zap.NewNop())
 	if err == nil || !strings.Contains(err.Error(), `"10.244.3.0/33"`) {
 		t.Fatalf("got %v, want an error naming the bad podCIDR", err)
 	}

@@ -14,10 +14,7 @@ import (
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -34,12 +31,19 @@ type Node struct {
 	Zone        string // topology.kubernetes.io/zone, for topology-aware routing of Services
 }
 
+// API lists and watches the objects the hub caches (kubeapi.Client).
+type API interface {
+	Nodes() cache.ListerWatcher
+	Services() cache.ListerWatcher
+	EndpointSlices() cache.ListerWatcher
+}
+
 // Hub starts the informers and fans change notifications out to subscribers.
 type Hub struct {
-	factory informers.SharedInformerFactory
-	nodes   corelisters.NodeLister
-	synced  []cache.InformerSynced // the Node cache: routing needs nothing else
-	log     *zap.Logger
+	informers []cache.SharedIndexInformer
+	nodes     cache.Store            // *corev1.Node, stripped
+	synced    []cache.InformerSynced // the Node cache: routing needs nothing else
+	log       *zap.Logger
 
 	services       cache.Indexer // *Service, by namespace/name
 	slices         cache.Indexer // *EndpointSlice, indexed byService
@@ -52,28 +56,35 @@ type Hub struct {
 }
 
 // New builds the informers; Run starts them.
-func New(client kubernetes.Interface, log *zap.Logger) (*Hub, error) {
-	// No periodic resync: components resync the kernel on their own timers, and a resync of the
-	// informers would only replay unchanged objects.
-	factory := informers.NewSharedInformerFactory(client, 0)
-	h := &Hub{factory: factory, log: log.Named("hub")}
-	nodeInformer := factory.Core().V1().Nodes()
-	if err := nodeInformer.Informer().SetTransform(stripNode); err != nil {
+func New(api API, log *zap.Logger) (*Hub, error) {
+	h := &Hub{log: log.Named("hub")}
+	nodeInformer := h.informer(api.Nodes(), &corev1.Node{}, cache.Indexers{})
+	if err := nodeInformer.SetTransform(stripNode); err != nil {
 		return nil, fmt.Errorf("set node transform: %w", err)
 	}
-	if _, err := nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { h.poke() },
 		UpdateFunc: func(old, cur any) { h.nodeUpdated(old, cur) },
 		DeleteFunc: func(any) { h.poke() },
 	}); err != nil {
 		return nil, fmt.Errorf("add node handler: %w", err)
 	}
-	h.nodes = nodeInformer.Lister()
-	h.synced = append(h.synced, nodeInformer.Informer().HasSynced)
-	if err := h.addServiceInformers(factory); err != nil {
+	h.nodes = nodeInformer.GetStore()
+	h.synced = append(h.synced, nodeInformer.HasSynced)
+	if err := h.addServiceInformers(api); err != nil {
 		return nil, err
 	}
 	return h, nil
+}
+
+// informer makes an informer of the objects lw lists, with only the given indexes: nothing reads
+// the namespace index client-go's informer factory adds to every informer.
+func (h *Hub) informer(lw cache.ListerWatcher, obj runtime.Object, indexers cache.Indexers) cache.SharedIndexInformer {
+	// No periodic resync: components resync the kernel on their own timers, and a resync of the
+	// informers would only replay unchanged objects.
+	inf := cache.NewSharedIndexInformer(lw, obj, 0, indexers)
+	h.informers = append(h.informers, inf)
+	return inf
 }
 
 // Subscribe returns a channel that receives a value after every change of a Node that matters. It
@@ -110,11 +121,12 @@ func (h *Hub) nodeUpdated(old, cur any) {
 // Run starts the informers and blocks until ctx ends. Node and Service caches sync independently:
 // a daemon whose identity may not list Services (an older deploy/rbac.yaml) still routes.
 func (h *Hub) Run(ctx context.Context) error {
-	h.factory.Start(ctx.Done())
-	defer h.factory.Shutdown()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	// Both return when ctx ends: a shutdown before the caches filled is not a failure.
+	for _, inf := range h.informers {
+		wg.Go(func() { inf.RunWithContext(ctx) })
+	}
+	// The waits return when ctx ends too: a shutdown before the caches filled is not a failure.
 	wg.Go(func() {
 		if cache.WaitForCacheSync(ctx.Done(), h.synced...) {
 			h.log.Info("node cache synced")
@@ -136,13 +148,12 @@ func (h *Hub) WaitForSync(ctx context.Context) error {
 
 // Nodes returns every Node, sorted by name.
 func (h *Hub) Nodes() ([]Node, error) {
-	objs, err := h.nodes.List(labels.Everything())
-	if err != nil {
-		return nil, err
-	}
+	objs := h.nodes.List()
 	out := make([]Node, 0, len(objs))
 	for _, o := range objs {
-		out = append(out, toNode(o))
+		if n, ok := o.(*corev1.Node); ok {
+			out = append(out, toNode(n))
+		}
 	}
 	slices.SortFunc(out, func(a, b Node) int {
 		if a.Name < b.Name {

@@ -12,6 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/nodenet/nodenet/internal/kubetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -33,7 +35,7 @@ func node(name, ip, cidr, mac string) *corev1.Node {
 // startHub runs a hub on a fake API server until the test ends.
 func startHub(t *testing.T, client *fake.Clientset) (*Hub, <-chan struct{}) {
 	t.Helper()
-	h, err := New(client, zap.NewNop())
+	h, err := New(kubetest.API{Clientset: client}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

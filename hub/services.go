@@ -10,11 +10,6 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -33,15 +28,10 @@ func compareKeys(a, b ServiceKey) int {
 // byService indexes EndpointSlices by the ServiceKey.String() of the Service that owns them.
 const byService = "service"
 
-// addServiceInformers registers the Service and EndpointSlice informers on the shared factory.
-// Their events mark Service keys in every ServiceChanges subscription. The informers are built
-// here rather than taken from the factory's typed accessors: those index every object by
-// namespace, which nothing reads, and their listers expect the API types, which the cache no
-// longer holds.
-func (h *Hub) addServiceInformers(factory informers.SharedInformerFactory) error {
-	svcInformer := factory.InformerFor(&corev1.Service{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
-		return coreinformers.NewServiceInformer(c, metav1.NamespaceAll, resync, cache.Indexers{})
-	})
+// addServiceInformers adds the Service and EndpointSlice informers. Their events mark Service
+// keys in every ServiceChanges subscription.
+func (h *Hub) addServiceInformers(api API) error {
+	svcInformer := h.informer(api.Services(), &corev1.Service{}, cache.Indexers{})
 	if err := svcInformer.SetTransform(toService); err != nil {
 		return fmt.Errorf("set service transform: %w", err)
 	}
@@ -50,9 +40,7 @@ func (h *Hub) addServiceInformers(factory informers.SharedInformerFactory) error
 		return fmt.Errorf("add service handler: %w", err)
 	}
 
-	sliceInformer := factory.InformerFor(&discoveryv1.EndpointSlice{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
-		return discoveryinformers.NewEndpointSliceInformer(c, metav1.NamespaceAll, resync, cache.Indexers{byService: indexByService})
-	})
+	sliceInformer := h.informer(api.EndpointSlices(), &discoveryv1.EndpointSlice{}, cache.Indexers{byService: indexByService})
 	if err := sliceInformer.SetTransform(toEndpointSlice); err != nil {
 		return fmt.Errorf("set endpointslice transform: %w", err)
 	}

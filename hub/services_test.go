@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/nodenet/nodenet/internal/kubetest"
 )
 
 var (
@@ -125,7 +127,7 @@ func TestServiceMarks(t *testing.T) {
 		}, map[ServiceKey]time.Time{keyWeb: t1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, err := New(fake.NewClientset(), zap.NewNop())
+			h, err := New(kubetest.API{Clientset: fake.NewClientset()}, zap.NewNop())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -179,7 +181,7 @@ func TestServiceSync(t *testing.T) {
 		slice("ns", "orphan-1", "orphan", "", time.Time{}), // a Service not (or no longer) there
 		slice("ns", "mine", "", "", time.Time{}),
 	)
-	h, err := New(client, zap.NewNop())
+	h, err := New(kubetest.API{Clientset: client}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +264,7 @@ func TestServiceSync(t *testing.T) {
 // informers see them in production.
 func TestServiceChanges(t *testing.T) {
 	client := fake.NewClientset()
-	h, err := New(client, zap.NewNop())
+	h, err := New(kubetest.API{Clientset: client}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

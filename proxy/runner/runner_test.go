@@ -20,6 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/nodenet/nodenet/hub"
+	"github.com/nodenet/nodenet/internal/kubetest"
 	"github.com/nodenet/nodenet/internal/nstest"
 	"github.com/nodenet/nodenet/proxy"
 )
@@ -110,7 +111,7 @@ func TestRunnerFollowsChanges(t *testing.T) {
 	trigger := time.Now().Add(-time.Second)
 	client := fake.NewClientset(service("dns", "10.96.0.10", false), slice("dns", "dns-1", trigger, "10.244.0.5"),
 		service("lb", "10.96.0.11", true), slice("lb", "lb-1", trigger, "10.244.0.6", "10.244.0.7"))
-	h, err := hub.New(client, zaptest.NewLogger(t))
+	h, err := hub.New(kubetest.API{Clientset: client}, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
