@@ -24,6 +24,7 @@ import (
 	"github.com/nodenet/nodenet/hub"
 	"github.com/nodenet/nodenet/ipam"
 	"github.com/nodenet/nodenet/routing"
+	"github.com/nodenet/nodenet/routing/localports"
 )
 
 // ensureInterval is how often the node-local network is re-checked, so a bridge address or an
@@ -173,7 +174,12 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 		return fmt.Errorf("set up bridge %s: %w", d.cfg.CNI.Bridge, err)
 	}
 	socket := filepath.Join(d.cfg.RunDir, "cni.sock")
-	hostPorts := routing.NewHostPorts(routing.HostPortsConfig{NetnsFD: int(nodeNS)}, d.log)
+	// hostPorts on a loopback hostIP are relayed by sockets of the daemon, in its own namespace,
+	// the node's; they close when the daemon stops, and the restarted daemon's Reconcile opens
+	// them again.
+	relay := localports.New(localports.Config{}, localports.NewMetrics(reg), d.log)
+	bg.Go(func() error { return relay.Run(bgRun) })
+	hostPorts := routing.NewHostPorts(routing.HostPortsConfig{NetnsFD: int(nodeNS), Relay: relay}, d.log)
 	srv, err := cniexec.New(cniexec.Config{Socket: socket, Bridge: bridge, NetworkName: "nodenet", HostPorts: hostPorts},
 		alloc, local, cniexec.NewMetrics(reg), d.log)
 	if err != nil {

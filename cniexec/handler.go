@@ -199,9 +199,10 @@ func (s *Server) mapPorts(req wire.Request, ips []netip.Prefix, conf *netConf) *
 		return nil
 	}
 	var (
-		invalid  *routing.InvalidPortMappingError
-		conflict *routing.PortConflictError
-		r        wire.Response
+		invalid     *routing.InvalidPortMappingError
+		conflict    *routing.PortConflictError
+		unavailable *routing.PortUnavailableError
+		r           wire.Response
 	)
 	switch {
 	case errors.As(err, &invalid):
@@ -210,6 +211,10 @@ func (s *Server) mapPorts(req wire.Request, ips []netip.Prefix, conf *netConf) *
 		// Usually the scheduler keeps two pods with one hostPort off a node; when it happens, the
 		// other pod is most often on its way out, so the runtime's retry may succeed.
 		r = errResponse(conf.CNIVersion, wire.CodeTryAgainLater, "hostPort is taken by another pod", err.Error())
+	case errors.As(err, &unavailable):
+		// A loopback hostPort the daemon could not listen on: most often another program of the
+		// node holds it, which it may let go of.
+		r = errResponse(conf.CNIVersion, wire.CodeTryAgainLater, "hostPort cannot be opened on the node", err.Error())
 	default:
 		r = errResponse(conf.CNIVersion, wire.CodeInternal, "program hostPort mappings", err.Error())
 	}

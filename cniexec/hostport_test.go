@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -227,6 +228,15 @@ func TestHostPortFailuresLeaveNothing(t *testing.T) {
 			name:     "invalid mapping",
 			mapping:  port(0, 80, "tcp"),
 			wantCode: wire.CodeInvalidConfig, wantMsg: "invalid port mapping", wantIn: "hostPort out of range",
+		},
+		{
+			name: "loopback port held by another program of the node",
+			setup: func(_ *testing.T, ts *testServer) {
+				ts.ports.setFail(&routing.PortUnavailableError{Want: "hostPort 54323/tcp on 127.0.0.1 to 10.0.0.2:80", Err: syscall.EADDRINUSE}, nil)
+			},
+			mapping:  map[string]any{"hostPort": 54323, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+			wantCode: wire.CodeTryAgainLater, wantMsg: "hostPort cannot be opened on the node",
+			wantIn: "hostPort 54323/tcp on 127.0.0.1 to 10.0.0.2:80: address already in use",
 		},
 		{
 			name: "kernel failure",

@@ -22,7 +22,8 @@ type PortMapping struct {
 	Protocol string
 	// HostIP limits the mapping to one address of the node. Empty means every local address of
 	// the node except loopback, in each family the pod has an address of; an unspecified address
-	// (0.0.0.0, ::) means the same for its own family only.
+	// (0.0.0.0, ::) means the same for its own family only. A loopback address (127.0.0.0/8, ::1)
+	// is relayed in userspace (localports), for tcp and udp.
 	HostIP string
 }
 
@@ -64,6 +65,20 @@ func (e *InvalidPortMappingError) Error() string {
 	return fmt.Sprintf("port mapping %s: %s", e.Mapping, e.Reason)
 }
 
+// PortUnavailableError says the socket of a mapping on a loopback hostIP could not be opened,
+// most often because another program of the node holds the address and port; nothing was
+// changed.
+type PortUnavailableError struct {
+	Want string // the mapping, as "hostPort 8080/tcp on 127.0.0.1 to POD:PORT"
+	Err  error  // the system call's error, such as syscall.EADDRINUSE
+}
+
+func (e *PortUnavailableError) Error() string {
+	return fmt.Sprintf("%s: %v", e.Want, e.Err)
+}
+
+func (e *PortUnavailableError) Unwrap() error { return e.Err }
+
 // PortConflictError says a mapping overlaps one another pod interface holds (or another mapping of
 // the same request); nothing was changed.
 type PortConflictError struct {
@@ -76,7 +91,7 @@ func (e *PortConflictError) Error() string {
 }
 
 // hostPortEntry is one mapping in one IP family, as the kernel holds it: an element of one of the
-// DNAT maps.
+// DNAT maps, or, for a loopback hostIP, of a relay map, which only records it.
 type hostPortEntry struct {
 	hostIP   netip.Addr // invalid: every local address of podIP's family except loopback
 	proto    uint8      // IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP
@@ -86,6 +101,10 @@ type hostPortEntry struct {
 }
 
 func (e hostPortEntry) v6() bool { return e.podIP.Is6() }
+
+// relayed reports whether the mapping is on a loopback address, which DNAT cannot reach without
+// route_localnet: a socket of the daemon listens there and relays to the pod (localports).
+func (e hostPortEntry) relayed() bool { return e.hostIP.IsLoopback() }
 
 // slot is what two entries must share to be able to conflict.
 type slot struct {
@@ -97,9 +116,16 @@ type slot struct {
 func (e hostPortEntry) slot() slot { return slot{e.v6(), e.proto, e.hostPort} }
 
 // overlaps reports whether a packet could match both entries: same family, protocol and port, and
-// either is for every address or both are for the same one.
+// both for the same address, or one for every address and the other for an address that is not
+// loopback (a mapping for every address covers no loopback address).
 func (e hostPortEntry) overlaps(o hostPortEntry) bool {
-	return e.slot() == o.slot() && (!e.hostIP.IsValid() || !o.hostIP.IsValid() || e.hostIP == o.hostIP)
+	if e.slot() != o.slot() {
+		return false
+	}
+	if e.hostIP.IsValid() && o.hostIP.IsValid() {
+		return e.hostIP == o.hostIP
+	}
+	return !e.relayed() && !o.relayed()
 }
 
 func (e hostPortEntry) String() string {
@@ -186,10 +212,11 @@ func expandPortMappings(podIPs []netip.Addr, mappings []PortMapping) ([]hostPort
 			}
 			ip = ip.Unmap()
 			switch {
-			case ip.IsLoopback():
-				// Reaching a pod through a loopback address needs route_localnet, which would
-				// expose every service bound to 127.0.0.1 to the network; nodenet never sets it.
-				return nil, bad("hostIP %s is a loopback address, which nodenet does not map", ip)
+			case ip.IsLoopback() && proto == unix.IPPROTO_SCTP:
+				// DNAT to a pod from a loopback address needs route_localnet, which would expose
+				// every service bound to 127.0.0.1 to the network, so nodenet relays these in
+				// userspace instead, where Go has no SCTP.
+				return nil, bad("hostIP %s is a loopback address, which nodenet relays for tcp and udp only", ip)
 			case ip.IsMulticast() || (ip.Is4() && ip == netip.AddrFrom4([4]byte{255, 255, 255, 255})):
 				return nil, bad("hostIP %s is not a unicast address", ip)
 			}

@@ -115,10 +115,12 @@ func (h *HostPorts) cleanConntrack(added, removed []hostPortEntry) (int, error) 
 	return deleted, errors.Join(errs...)
 }
 
+// connectionlessOnly keeps the UDP and SCTP entries that conntrack carries: not the relayed ones,
+// whose sessions end with the relay's sockets.
 func connectionlessOnly(es []hostPortEntry) []hostPortEntry {
 	var out []hostPortEntry
 	for _, e := range es {
-		if e.connectionless() {
+		if e.connectionless() && !e.relayed() {
 			out = append(out, e)
 		}
 	}

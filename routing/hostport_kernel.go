@@ -23,16 +23,23 @@ type HostPortsConfig struct {
 	// NetnsFD is an open descriptor of the node's network namespace, where the rules, the
 	// conntrack table and the node's addresses are; 0 means the namespace of the calling thread.
 	NetnsFD int
+	// Relay serves the mappings on a loopback hostIP, with its sockets in the same namespace.
+	// Without it such mappings are refused as invalid.
+	Relay Relay
 }
 
 // HostPorts owns the pods' hostPort mappings: DNAT from a port of the node to a port of a pod, as
 // the CNI portmap plugin does, in nodenet's table inet nodenet (chains, maps and sets named
 // hostport-*). The mappings live in the kernel only, each map element carrying its owner
 // (container ID and interface) in its comment: a restarted daemon reads them back and keeps them,
-// without a moment in which they are missing. All methods may be called concurrently; they are
-// serialised on one lock, and a call with nothing to change sends nothing to the kernel.
+// without a moment in which they are missing. Mappings on a loopback hostIP are the exception:
+// they are recorded in the relay maps, which no rule reads, and served by the Relay's sockets,
+// which a restarted daemon opens again from that record (the connections they relayed are cut).
+// All methods may be called concurrently; they are serialised on one lock, and a call with
+// nothing to change sends nothing to the kernel.
 type HostPorts struct {
 	netnsFD    int
+	relay      Relay
 	log        *zap.Logger
 	dialCT     func() (conntrackTable, error)
 	localAddrs func() ([]netip.Addr, error)
@@ -52,6 +59,7 @@ func NewHostPorts(cfg HostPortsConfig, log *zap.Logger) *HostPorts {
 	fd := cfg.NetnsFD
 	return &HostPorts{
 		netnsFD:    fd,
+		relay:      cfg.Relay,
 		log:        log.Named("hostport"),
 		dialCT:     func() (conntrackTable, error) { return dialConntrack(fd) },
 		localAddrs: func() ([]netip.Addr, error) { return nodeAddrs(fd) },
@@ -78,7 +86,7 @@ func (h *HostPorts) conn() (*nftables.Conn, error) {
 // fails with *PortConflictError, one that cannot be honoured with *InvalidPortMappingError; both
 // leave everything as it was.
 func (h *HostPorts) Map(att Attachment, podIPs []netip.Addr, mappings []PortMapping) error {
-	want, err := expandPortMappings(podIPs, mappings)
+	want, err := h.expand(podIPs, mappings)
 	if err != nil {
 		return err
 	}
@@ -122,16 +130,36 @@ func (h *HostPorts) set(key string, want []hostPortEntry) (added, removed []host
 		}
 	}
 	added, removed = entryDiff(have, want)
+	relayChanged := h.relay != nil && (slices.ContainsFunc(added, hostPortEntry.relayed) || slices.ContainsFunc(removed, hostPortEntry.relayed))
+	if relayChanged {
+		// The sockets first, the old ones kept: a port the node cannot open fails the change
+		// before anything else is touched.
+		if err := h.openRelayedLocked(added, want); err != nil {
+			return nil, nil, err
+		}
+	}
 	b, err := h.newBatch()
+	if err == nil {
+		b.entries(key, added, removed)
+		b.hairpins(hairpinIPs(have), hairpinIPs(want))
+		if err = h.sendLocked(b); err != nil {
+			err = fmt.Errorf("write hostPort mappings: %w", err)
+		}
+	}
 	if err != nil {
+		if relayChanged {
+			// Back to owners, which still hold the old mappings; the kernel's error is the one
+			// to report.
+			h.warnRelay(h.syncRelayLocked())
+		}
 		return nil, nil, err
 	}
-	b.entries(key, added, removed)
-	b.hairpins(hairpinIPs(have), hairpinIPs(want))
-	if err := h.sendLocked(b); err != nil {
-		return nil, nil, fmt.Errorf("write hostPort mappings: %w", err)
-	}
 	h.store(key, want)
+	if relayChanged {
+		// Closes the sockets of removed mappings, which cannot fail; others' that still cannot
+		// be opened are retried by Ensure.
+		h.warnRelay(h.syncRelayLocked())
+	}
 	return added, removed, nil
 }
 
@@ -187,12 +215,17 @@ func (h *HostPorts) unmap(key string) ([]hostPortEntry, error) {
 		}
 	}
 	h.store(key, nil)
+	if slices.ContainsFunc(have, hostPortEntry.relayed) {
+		// Closes the pod's sockets, which cannot fail; others' that still cannot be opened are
+		// retried by Ensure.
+		h.warnRelay(h.syncRelayLocked())
+	}
 	return have, nil
 }
 
 // Check verifies that the pod interface has exactly mappings and that they are in the kernel.
 func (h *HostPorts) Check(att Attachment, podIPs []netip.Addr, mappings []PortMapping) error {
-	want, err := expandPortMappings(podIPs, mappings)
+	want, err := h.expand(podIPs, mappings)
 	if err != nil {
 		return err
 	}
@@ -220,6 +253,12 @@ func (h *HostPorts) Check(att Attachment, podIPs []netip.Addr, mappings []PortMa
 		if !slices.Contains(k.owners[key], w) {
 			return fmt.Errorf("%s is missing from the kernel", w)
 		}
+		if w.relayed() {
+			if err := h.relay.Check(w.relayMapping()); err != nil {
+				return fmt.Errorf("%s is not relayed: %w", w, err)
+			}
+			continue
+		}
 		if !k.hairpin[w.podIP] {
 			return fmt.Errorf("hairpin masquerade of %s is missing from the kernel", w.podIP)
 		}
@@ -229,7 +268,9 @@ func (h *HostPorts) Check(att Attachment, podIPs []netip.Addr, mappings []PortMa
 
 // Adopt runs at start, before any other call is expected: it reads the mappings the kernel holds,
 // keeps those of the live pod interfaces (live maps each to its addresses), removes the others
-// and anything pointing at an address its owner no longer has, and puts back missing rules.
+// and anything pointing at an address its owner no longer has, and puts back missing rules. It
+// then opens the relay's sockets for the kept mappings on a loopback hostIP; one that cannot be
+// opened is reported, and tried again by every later change and by Ensure.
 func (h *HostPorts) Adopt(live map[Attachment][]netip.Addr) error {
 	keys := map[string][]netip.Addr{}
 	for a, ips := range live {
@@ -254,27 +295,29 @@ func (h *HostPorts) Adopt(live map[Attachment][]netip.Addr) error {
 		h.store(owner, keep)
 	}
 	err := h.ensureLocked()
+	// The sockets whatever the kernel said: the kept mappings are known either way.
+	relayErr := h.syncRelayLocked()
 	h.mu.Unlock()
 	if err != nil {
-		return err
+		return errors.Join(err, relayErr)
 	}
 	for owner, entries := range stale {
 		h.log.Info("removed hostPort mappings of a pod that is gone", zap.String("owner", owner), zap.Stringers("removed", entries))
 		h.clean(owner, nil, entries)
 	}
-	return nil
+	return relayErr
 }
 
 // Ensure puts back what is missing or different in the kernel: chains, rules, maps, sets and the
-// elements of every mapping. The daemon calls it periodically; with nothing to repair it only
-// reads.
+// elements of every mapping; and opens the relay's sockets that could not be opened before. The
+// daemon calls it periodically; with nothing to repair it only reads.
 func (h *HostPorts) Ensure() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if err := h.loadLocked(); err != nil {
 		return err
 	}
-	return h.ensureLocked()
+	return errors.Join(h.ensureLocked(), h.syncRelayLocked())
 }
 
 // clean deletes the conntrack entries the change made stale. Failing that is logged, not
@@ -638,11 +681,12 @@ func keysOnly(els []nftables.SetElement) []nftables.SetElement {
 	return out
 }
 
-// hairpinIPs are the pod addresses that need the hairpin masquerade: those with a mapping.
+// hairpinIPs are the pod addresses that need the hairpin masquerade: those with a DNAT mapping.
+// A pod never reaches its own relayed mapping: its loopback is its own.
 func hairpinIPs(es []hostPortEntry) []netip.Addr {
 	var out []netip.Addr
 	for _, e := range es {
-		if !slices.Contains(out, e.podIP) {
+		if !e.relayed() && !slices.Contains(out, e.podIP) {
 			out = append(out, e.podIP)
 		}
 	}

@@ -37,16 +37,28 @@ const ipsDstNAT = 0x20
 // hpMap is one of the four DNAT maps: per family, keyed by protocol and port (mappings for every
 // local address) or by address, protocol and port (mappings with a hostIP). The value is the pod's
 // address and port.
+//
+// The two relay maps, hostport-relay-v4 and -v6, have the layout of the address maps and hold the
+// mappings on a loopback hostIP, which no rule reads: a socket of the daemon serves them
+// (localports). They are the record from which a restarted daemon opens those sockets again, as
+// the DNAT maps are for the other mappings.
 type hpMap struct {
 	v6     bool
 	byAddr bool
+	relay  bool // with byAddr
 }
 
-var hpMaps = []hpMap{{false, true}, {false, false}, {true, true}, {true, false}}
+var hpMaps = []hpMap{
+	{v6: false, byAddr: true}, {v6: false}, {v6: true, byAddr: true}, {v6: true},
+	{v6: false, byAddr: true, relay: true}, {v6: true, byAddr: true, relay: true},
+}
 
 func (m hpMap) name() string {
 	kind := "any"
-	if m.byAddr {
+	switch {
+	case m.relay:
+		kind = "relay"
+	case m.byAddr:
 		kind = "addr"
 	}
 	return "hostport-" + kind + famTag(m.v6)
@@ -82,7 +94,9 @@ func (m hpMap) set(t *nftables.Table) *nftables.Set {
 }
 
 // mapOf is the map an entry belongs to.
-func mapOf(e hostPortEntry) hpMap { return hpMap{v6: e.v6(), byAddr: e.hostIP.IsValid()} }
+func mapOf(e hostPortEntry) hpMap {
+	return hpMap{v6: e.v6(), byAddr: e.hostIP.IsValid(), relay: e.relayed()}
+}
 
 // hairpinSet holds "podIP . podIP" for every pod with a mapping in the family: a connection that a
 // mapping sent back to the pod it came from is masqueraded, or the pod would answer itself

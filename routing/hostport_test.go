@@ -106,8 +106,47 @@ func TestExpandPortMappings(t *testing.T) {
 		{name: "unknown protocol", ips: dual, mappings: []PortMapping{{HostPort: 80, ContainerPort: 80, Protocol: "icmp"}}, wantErr: `protocol "icmp" is not one of tcp, udp, sctp`},
 		{name: "hostIP not an address", ips: dual, mappings: []PortMapping{{HostPort: 80, ContainerPort: 80, HostIP: "node1"}}, wantErr: `hostIP "node1" is not an IP address`},
 		{name: "hostIP with a zone", ips: dual, mappings: []PortMapping{{HostPort: 80, ContainerPort: 80, HostIP: "fe80::1%eth0"}}, wantErr: `hostIP "fe80::1%eth0" is not an IP address`},
-		{name: "loopback hostIP", ips: dual, mappings: []PortMapping{{HostPort: 80, ContainerPort: 80, HostIP: "127.0.0.1"}}, wantErr: "hostIP 127.0.0.1 is a loopback address, which nodenet does not map"},
-		{name: "ipv6 loopback hostIP", ips: dual, mappings: []PortMapping{{HostPort: 80, ContainerPort: 80, HostIP: "::1"}}, wantErr: "hostIP ::1 is a loopback address"},
+		{
+			name: "loopback hostIP: that address only, relayed, tcp and udp",
+			ips:  dual,
+			mappings: []PortMapping{
+				{HostPort: 54323, ContainerPort: 8080, HostIP: "127.0.0.1"},
+				{HostPort: 54323, ContainerPort: 8080, Protocol: "udp", HostIP: "127.0.0.1"},
+				{HostPort: 54323, ContainerPort: 8080, HostIP: "127.0.0.2"},
+				{HostPort: 54323, ContainerPort: 8080, HostIP: "::1"},
+				{HostPort: 54324, ContainerPort: 8080, HostIP: "::ffff:127.0.0.1"},
+			},
+			want: []string{
+				"hostPort 54323/tcp on 127.0.0.1 to 10.244.1.2:8080",
+				"hostPort 54323/tcp on 127.0.0.2 to 10.244.1.2:8080",
+				"hostPort 54324/tcp on 127.0.0.1 to 10.244.1.2:8080",
+				"hostPort 54323/udp on 127.0.0.1 to 10.244.1.2:8080",
+				"hostPort 54323/tcp on ::1 to [fd00:10:244:1::2]:8080",
+			},
+		},
+		{
+			name: "loopback and every address on one port: no conflict, the latter leaves loopback out",
+			ips:  []netip.Addr{pod4},
+			mappings: []PortMapping{
+				{HostPort: 54323, ContainerPort: 8080, HostIP: "127.0.0.1"},
+				{HostPort: 54323, ContainerPort: 8081},
+			},
+			want: []string{
+				"hostPort 54323/tcp on every local IPv4 address to 10.244.1.2:8081",
+				"hostPort 54323/tcp on 127.0.0.1 to 10.244.1.2:8080",
+			},
+		},
+		{
+			name: "one loopback port to two pod ports", ips: []netip.Addr{pod4},
+			mappings: []PortMapping{{HostPort: 80, ContainerPort: 80, HostIP: "127.0.0.1"}, {HostPort: 80, ContainerPort: 8080, HostIP: "127.0.0.1"}},
+			wantErr:  "hostPort 80/tcp on 127.0.0.1 to 10.244.1.2:8080 conflicts with hostPort 80/tcp on 127.0.0.1 to 10.244.1.2:80 held by the same pod",
+		},
+		{name: "sctp on a loopback hostIP", ips: dual, mappings: []PortMapping{{HostPort: 80, ContainerPort: 80, Protocol: "sctp", HostIP: "127.0.0.1"}}, wantErr: "hostIP 127.0.0.1 is a loopback address, which nodenet relays for tcp and udp only"},
+		{
+			name: "ipv6 loopback hostIP of a pod without ipv6", ips: []netip.Addr{pod4},
+			mappings: []PortMapping{{HostPort: 80, ContainerPort: 80, HostIP: "::1"}},
+			wantErr:  "the pod has no IPv6 address to send traffic for ::1 to",
+		},
 		{name: "multicast hostIP", ips: dual, mappings: []PortMapping{{HostPort: 80, ContainerPort: 80, HostIP: "224.0.0.1"}}, wantErr: "hostIP 224.0.0.1 is not a unicast address"},
 		{
 			name: "hostIP of a family the pod lacks", ips: []netip.Addr{pod4},
@@ -145,6 +184,41 @@ func TestExpandPortMappings(t *testing.T) {
 				t.Errorf("entries (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestOverlaps: which two mappings of other pods conflict. The upstream conformance spec "no
+// conflict between pods with same hostPort but different hostIP and protocol" puts three pods on
+// port 54323: 127.0.0.1 tcp, the node's address tcp, the node's address udp.
+func TestOverlaps(t *testing.T) {
+	entry := func(hostIP, proto string) hostPortEntry {
+		es, err := expandPortMappings([]netip.Addr{pod4, pod6}, []PortMapping{{HostPort: 54323, ContainerPort: 8080, Protocol: proto, HostIP: hostIP}})
+		if err != nil || len(es) == 0 {
+			t.Fatalf("%s %s: %v", hostIP, proto, err)
+		}
+		return es[0]
+	}
+	for _, tc := range []struct {
+		a, b   hostPortEntry
+		overlp bool
+	}{
+		{entry("127.0.0.1", "tcp"), entry("198.18.0.11", "tcp"), false},
+		{entry("127.0.0.1", "tcp"), entry("198.18.0.11", "udp"), false},
+		{entry("198.18.0.11", "tcp"), entry("198.18.0.11", "udp"), false},
+		{entry("127.0.0.1", "tcp"), entry("127.0.0.1", "tcp"), true},
+		{entry("127.0.0.1", "tcp"), entry("127.0.0.1", "udp"), false},
+		{entry("127.0.0.1", "tcp"), entry("127.0.0.2", "tcp"), false},
+		{entry("127.0.0.1", "tcp"), entry("", "tcp"), false},
+		{entry("127.0.0.1", "tcp"), entry("0.0.0.0", "tcp"), false},
+		{entry("::1", "tcp"), entry("::", "tcp"), false},
+		{entry("::1", "tcp"), entry("::1", "tcp"), true},
+		{entry("::1", "tcp"), entry("127.0.0.1", "tcp"), false},
+		{entry("198.18.0.11", "tcp"), entry("", "tcp"), true},
+		{entry("198.18.0.11", "tcp"), entry("198.18.0.11", "tcp"), true},
+	} {
+		if got := tc.a.overlaps(tc.b); got != tc.overlp || tc.b.overlaps(tc.a) != got {
+			t.Errorf("%s overlaps %s: %v, want %v both ways", tc.a, tc.b, got, tc.overlp)
+		}
 	}
 }
 
@@ -274,6 +348,9 @@ func TestHostPortTrace(t *testing.T) {
 		{HostPort: 9443, ContainerPort: 443, HostIP: "fd00:198::11"},
 		// An address that is not the node's: the mapping must never capture traffic through it.
 		{HostPort: 53, ContainerPort: 53, Protocol: "udp", HostIP: "1.1.1.1"},
+		// Relayed in userspace: no rule may touch it.
+		{HostPort: 9090, ContainerPort: 90, HostIP: "127.0.0.1"},
+		{HostPort: 9090, ContainerPort: 90, Protocol: "udp", HostIP: "::1"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -303,6 +380,10 @@ func TestHostPortTrace(t *testing.T) {
 		{"node to its own address", hpPacket{"output", "198.18.0.11", "198.18.0.11", tcp, 8080, false}, "dnat to 10.244.1.2:80"},
 		{"node to loopback", hpPacket{"output", "127.0.0.1", "127.0.0.1", tcp, 8080, false}, "accept"},
 		{"node to ipv6 loopback", hpPacket{"output", "::1", "::1", tcp, 8080, false}, "accept"},
+		{"node to a relayed loopback hostPort: left to the relay's socket", hpPacket{"output", "127.0.0.1", "127.0.0.1", tcp, 9090, false}, "accept"},
+		{"node address to a relayed loopback hostPort (curl --interface)", hpPacket{"output", "198.18.0.11", "127.0.0.1", tcp, 9090, false}, "accept"},
+		{"relayed ipv6 loopback hostPort", hpPacket{"output", "::1", "::1", udp, 9090, false}, "accept"},
+		{"the relayed port on a node address is not mapped", hpPacket{"prerouting", "198.18.0.200", "198.18.0.11", tcp, 9090, false}, "accept"},
 		{"hairpin back to the pod", hpPacket{"postrouting", "10.244.1.2", "10.244.1.2", tcp, 80, true}, "masquerade"},
 		{"ipv6 hairpin", hpPacket{"postrouting", "fd00:10:244:1::2", "fd00:10:244:1::2", tcp, 80, true}, "masquerade"},
 		{"other pod to the pod keeps its address", hpPacket{"postrouting", "10.244.1.3", "10.244.1.2", tcp, 80, true}, "accept"},
@@ -322,11 +403,17 @@ func TestHostPortElementsRoundTrip(t *testing.T) {
 		{HostPort: 8080, ContainerPort: 80},
 		{HostPort: 53, ContainerPort: 5353, Protocol: "udp", HostIP: "198.18.0.11"},
 		{HostPort: 9443, ContainerPort: 443, Protocol: "sctp", HostIP: "fd00:198::11"},
+		{HostPort: 54323, ContainerPort: 8080, HostIP: "127.0.0.1"},
+		{HostPort: 54323, ContainerPort: 8080, Protocol: "udp", HostIP: "::1"},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var relayMaps []string
 	for _, e := range entries {
+		if e.relayed() {
+			relayMaps = append(relayMaps, mapOf(e).name())
+		}
 		m := mapOf(e)
 		el := e.element("c1/eth0")
 		s := m.set(nil)
@@ -337,6 +424,9 @@ func TestHostPortElementsRoundTrip(t *testing.T) {
 		if err != nil || got != e || owner != "c1/eth0" {
 			t.Errorf("%s: decoded %s owner %q err %v", e, got, owner, err)
 		}
+	}
+	if diff := cmp.Diff([]string{"hostport-relay-v4", "hostport-relay-v6"}, relayMaps); diff != "" {
+		t.Errorf("maps of the loopback mappings (-want +got):\n%s", diff)
 	}
 	if _, _, err := (hpMap{}).decodeElement(nftables.SetElement{Key: []byte{6}, Val: []byte{1}}); err == nil {
 		t.Error("decoded an element of the wrong layout")
@@ -429,6 +519,7 @@ func TestCleanConntrack(t *testing.T) {
 		6: "udp 10.244.1.3:4004 > 1.1.1.1:53 < 1.1.1.1:53",                          // through the node
 		7: "udp 198.18.0.200:4005 > 198.18.0.11:54 < 198.18.0.11:54",                // another port
 		8: "udp 198.18.0.200:4006 > 10.96.0.10:53 < 10.244.1.2:5353",                // a Service's, to the pod
+		9: "udp 127.0.0.1:4007 > 127.0.0.1:53 < 127.0.0.1:53",                       // to a relay's socket
 	}
 	local := []netip.Addr{netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("198.18.0.12"), netip.MustParseAddr("fd00:198::11")}
 	for _, tc := range []struct {
@@ -443,37 +534,43 @@ func TestCleanConntrack(t *testing.T) {
 		{
 			name:        "removed mapping for every address: what it sent to the pod",
 			removed:     mk(PortMapping{HostPort: 53, ContainerPort: 5353, Protocol: "udp"}),
-			wantLeft:    []int{3, 4, 5, 6, 7, 8},
+			wantLeft:    []int{3, 4, 5, 6, 7, 8, 9},
 			wantDeleted: 3,
 		},
 		{
 			name:        "removed mapping with a hostIP: only to that address",
 			removed:     mk(PortMapping{HostPort: 53, ContainerPort: 5353, Protocol: "udp", HostIP: "198.18.0.11"}),
-			wantLeft:    []int{1, 2, 3, 4, 5, 6, 7, 8},
+			wantLeft:    []int{1, 2, 3, 4, 5, 6, 7, 8, 9},
 			wantDeleted: 1,
 		},
 		{
 			name:     "tcp: nothing, and no socket",
 			removed:  mk(PortMapping{HostPort: 53, ContainerPort: 5353, Protocol: "tcp"}),
-			wantLeft: []int{0, 1, 2, 3, 4, 5, 6, 7, 8},
+			wantLeft: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9},
 		},
 		{
 			name:        "added mapping: flows to the node itself on the port, not those through it",
 			added:       mk(PortMapping{HostPort: 53, ContainerPort: 5353, Protocol: "udp"}),
-			wantLeft:    []int{0, 1, 2, 3, 4, 6, 7, 8},
+			wantLeft:    []int{0, 1, 2, 3, 4, 6, 7, 8, 9},
 			wantDeleted: 1,
 		},
 		{
 			name:     "added mapping with another hostIP",
 			added:    mk(PortMapping{HostPort: 53, ContainerPort: 5353, Protocol: "udp", HostIP: "198.18.0.12"}),
-			wantLeft: []int{0, 1, 2, 3, 4, 5, 6, 7, 8},
+			wantLeft: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9},
+		},
+		{
+			name:     "relayed mappings: nothing, the relay's sessions are its own, and no socket",
+			added:    mk(PortMapping{HostPort: 53, ContainerPort: 5353, Protocol: "udp", HostIP: "127.0.0.1"}),
+			removed:  mk(PortMapping{HostPort: 53, ContainerPort: 53, Protocol: "udp", HostIP: "127.0.0.1"}),
+			wantLeft: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9},
 		},
 		{
 			name:        "a failed delete is reported and the rest goes on; an entry that vanished is no failure",
 			removed:     mk(PortMapping{HostPort: 53, ContainerPort: 5353, Protocol: "udp"}),
 			deleteErr:   map[int]error{0: syscall.EPERM},
 			vanish:      []int{1},
-			wantLeft:    []int{0, 3, 4, 5, 6, 7, 8},
+			wantLeft:    []int{0, 3, 4, 5, 6, 7, 8, 9},
 			wantDeleted: 1,
 			wantErr:     "operation not permitted",
 		},
@@ -514,5 +611,21 @@ func TestCleanConntrack(t *testing.T) {
 				t.Errorf("dialled %d times, closed %v", ft.dials, ft.closed)
 			}
 		})
+	}
+}
+
+// TestLoopbackWithoutRelay: a HostPorts with no relay refuses loopback hostIPs as before, without
+// touching the kernel.
+func TestLoopbackWithoutRelay(t *testing.T) {
+	h := NewHostPorts(HostPortsConfig{}, zaptest.NewLogger(t))
+	m := PortMapping{HostPort: 54323, ContainerPort: 8080, HostIP: "127.0.0.1"}
+	for _, err := range []error{
+		h.Map(Attachment{ContainerID: "c1", IfName: "eth0"}, []netip.Addr{pod4}, []PortMapping{m}),
+		h.Check(Attachment{ContainerID: "c1", IfName: "eth0"}, []netip.Addr{pod4}, []PortMapping{m}),
+	} {
+		var invalid *InvalidPortMappingError
+		if !errors.As(err, &invalid) || invalid.Mapping != m || !strings.Contains(err.Error(), "no relay") {
+			t.Errorf("%v, want an invalid mapping naming %s", err, m)
+		}
 	}
 }
