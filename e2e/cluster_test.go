@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -239,6 +240,15 @@ func TestDaemonIdentityIsLeastPrivilege(t *testing.T) {
 		_, err := c.cp.NS.Run(append([]string{filepath.Join(c.cp.BinDir, "kubectl"), "--kubeconfig", n1.Kubeconfig}, args...)...)
 		return err
 	}
+	// A real Node carries many annotations (kubelet's, the controllers', an admin's): the policy
+	// must compare them whatever order it walks them in.
+	others := []string{"annotate", "node", "node1"}
+	for i := range 12 {
+		others = append(others, fmt.Sprintf("example.com/a%d=v%d", i, i))
+	}
+	if _, err := c.cp.Kubectl(others...); err != nil {
+		t.Fatal(err)
+	}
 	allowed := [][]string{
 		{"get", "nodes"},
 		{"annotate", "node", "node1", "nodenet.dev/vtep-mac=0e:4e:c6:12:00:0b", "--overwrite"},
@@ -260,6 +270,12 @@ func TestDaemonIdentityIsLeastPrivilege(t *testing.T) {
 		{"auth", "can-i", "create", "endpointslices.discovery.k8s.io", "-n", "default"},
 		{"auth", "can-i", "patch", "endpointslices.discovery.k8s.io", "-n", "default"},
 	}
+	for i := range 10 {
+		allowed = append(allowed, []string{"annotate", "node", "node1", fmt.Sprintf("nodenet.dev/probe=%d", i), "--overwrite"})
+	}
+	denied = append(denied,
+		[]string{"annotate", "node", "node1", "example.com/a3=changed", "--overwrite"},
+		[]string{"annotate", "node", "node1", "example.com/a5-"})
 	for _, a := range allowed {
 		if err := asDaemon(a...); err != nil {
 			t.Errorf("daemon identity: %v should be allowed: %v", a, err)
