@@ -2,7 +2,6 @@ package dns
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -16,7 +15,7 @@ import (
 type ServiceSource interface {
 	SubscribeServices() *hub.ServiceChanges
 	Service(key hub.ServiceKey) (*hub.Service, bool, error)
-	EndpointSlices(key hub.ServiceKey) ([]*hub.EndpointSlice, error)
+	EndpointSlices(key hub.ServiceKey) []*hub.EndpointSlice
 }
 
 // Feed keeps z equal to the cluster's Services until ctx ends. It marks the zone synced, and
@@ -73,10 +72,6 @@ func apply(src ServiceSource, z *zone.Zone, key hub.ServiceKey) error {
 		z.Set(key.Namespace, key.Name, nil, nil)
 		return nil
 	}
-	slices, err := src.EndpointSlices(key)
-	if err != nil {
-		return fmt.Errorf("endpointslices: %w", err)
-	}
-	z.Set(key.Namespace, key.Name, svc, slices)
+	z.Set(key.Namespace, key.Name, svc, src.EndpointSlices(key))
 	return nil
 }

@@ -46,7 +46,7 @@ type Hub struct {
 	log       *zap.Logger
 
 	services       cache.Indexer // *Service, by namespace/name
-	slices         cache.Indexer // *EndpointSlice, indexed byService
+	slices         *slicesByService
 	servicesSynced []cache.DoneChecker
 
 	mu            sync.Mutex

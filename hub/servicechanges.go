@@ -3,8 +3,6 @@ package hub
 import (
 	"sync"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // ServiceChanges tracks which Services one subscriber has yet to look at, so that it can sync only
@@ -103,13 +101,7 @@ func (h *Hub) markWorld() {
 
 // markAll must be called with h.mu held.
 func (h *Hub) markAll(c *ServiceChanges) {
-	keys, err := h.ServiceKeys()
-	if err != nil {
-		// Listing an informer's cache does not fail; if it ever did, the subscriber still syncs
-		// on the next change, and logs say why it lagged.
-		h.log.Error("list service keys for a full sync", zap.Error(err))
-	}
-	for _, k := range keys {
+	for _, k := range h.ServiceKeys() {
 		c.mark(k, time.Time{})
 	}
 	notify(c.ch)

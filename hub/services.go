@@ -25,9 +25,6 @@ func compareKeys(a, b ServiceKey) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
-// byService indexes EndpointSlices by the ServiceKey.String() of the Service that owns them.
-const byService = "service"
-
 // addServiceInformers adds the Service and EndpointSlice informers. Their events mark Service
 // keys in every ServiceChanges subscription.
 func (h *Hub) addServiceInformers(api API) error {
@@ -40,17 +37,17 @@ func (h *Hub) addServiceInformers(api API) error {
 		return fmt.Errorf("add service handler: %w", err)
 	}
 
-	sliceInformer := h.informer(api.EndpointSlices(), &discoveryv1.EndpointSlice{}, cache.Indexers{byService: indexByService})
+	sliceInformer := h.informer(api.EndpointSlices(), &discoveryv1.EndpointSlice{}, cache.Indexers{})
 	if err := sliceInformer.SetTransform(toEndpointSlice); err != nil {
 		return fmt.Errorf("set endpointslice transform: %w", err)
 	}
-	sliceReg, err := sliceInformer.AddEventHandler(changeMarker{mark: h.markService, log: h.log})
+	h.slices = newSlicesByService()
+	sliceReg, err := sliceInformer.AddEventHandler(sliceTracker{slices: h.slices, marker: changeMarker{mark: h.markService, log: h.log}})
 	if err != nil {
 		return fmt.Errorf("add endpointslice handler: %w", err)
 	}
 
 	h.services = svcInformer.GetIndexer()
-	h.slices = sliceInformer.GetIndexer()
 	// The registrations, not the informers: they also wait until the handlers have seen the
 	// initial list, so the full-world mark that follows comes after every initial event.
 	h.servicesSynced = []cache.DoneChecker{svcReg.HasSyncedChecker(), sliceReg.HasSyncedChecker()}
@@ -114,17 +111,6 @@ func (s *EndpointSlice) concerns() (ServiceKey, bool) {
 }
 
 func (s *EndpointSlice) changedAt() time.Time { return s.TriggerTime }
-
-func indexByService(obj any) ([]string, error) {
-	s, ok := obj.(*EndpointSlice)
-	if !ok {
-		return nil, nil
-	}
-	if key, ok := s.concerns(); ok {
-		return []string{key.String()}, nil
-	}
-	return nil, nil
-}
 
 // changeMarker turns informer events into marks of the Service they concern.
 type changeMarker struct {
@@ -194,39 +180,20 @@ func (h *Hub) Service(key ServiceKey) (*Service, bool, error) {
 // EndpointSlices returns the EndpointSlices owned by the Service of key, sorted by name, whether
 // or not that Service exists. They are shared with the cache and every other reader: callers must
 // not modify them.
-func (h *Hub) EndpointSlices(key ServiceKey) ([]*EndpointSlice, error) {
-	objs, err := h.slices.ByIndex(byService, key.String())
-	if err != nil {
-		return nil, fmt.Errorf("endpointslices of %s: %w", key, err)
-	}
-	out := make([]*EndpointSlice, 0, len(objs))
-	for _, o := range objs {
-		if s, ok := o.(*EndpointSlice); ok {
-			out = append(out, s)
-		}
-	}
-	slices.SortFunc(out, func(a, b *EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
-	return out, nil
+func (h *Hub) EndpointSlices(key ServiceKey) []*EndpointSlice {
+	return h.slices.of(key)
 }
 
 // ServiceKeys returns, sorted and once each, the key of every Service and of every Service that
 // EndpointSlices name, existing or not: a full sync walks these.
-func (h *Hub) ServiceKeys() ([]ServiceKey, error) {
+func (h *Hub) ServiceKeys() []ServiceKey {
 	svcs := h.services.List()
-	owners := h.slices.ListIndexFuncValues(byService)
-	keys := make([]ServiceKey, 0, len(svcs)+len(owners))
+	keys := h.slices.services()
 	for _, o := range svcs {
 		if s, ok := o.(*Service); ok {
 			keys = append(keys, ServiceKey{Namespace: s.Namespace, Name: s.Name})
 		}
 	}
-	for _, o := range owners {
-		ns, name, err := cache.SplitMetaNamespaceKey(o)
-		if err != nil {
-			return nil, fmt.Errorf("endpointslice index value %q: %w", o, err)
-		}
-		keys = append(keys, ServiceKey{Namespace: ns, Name: name})
-	}
 	slices.SortFunc(keys, compareKeys)
-	return slices.Compact(keys), nil
+	return slices.Compact(keys)
 }

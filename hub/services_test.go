@@ -212,10 +212,7 @@ func TestServiceSync(t *testing.T) {
 		t.Errorf("subscribed after sync: marked (-want +got):\n%s", diff)
 	}
 
-	keys, err := h.ServiceKeys()
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := h.ServiceKeys()
 	if diff := cmp.Diff([]ServiceKey{keyAPI, {"ns", "orphan"}, keyWeb, {"other", "web"}}, keys); diff != "" {
 		t.Errorf("ServiceKeys (-want +got):\n%s", diff)
 	}
@@ -238,22 +235,15 @@ func TestServiceSync(t *testing.T) {
 	}
 
 	for key, want := range map[ServiceKey][]string{keyWeb: {"web-1", "web-2"}, {"ns", "orphan"}: {"orphan-1"}, keyAPI: nil, {"other", "web"}: nil} {
-		eps, err := h.EndpointSlices(key)
-		if err != nil {
-			t.Fatal(err)
-		}
 		var names []string
-		for _, s := range eps {
+		for _, s := range h.EndpointSlices(key) {
 			names = append(names, s.Name)
 		}
 		if diff := cmp.Diff(want, names); diff != "" {
 			t.Errorf("EndpointSlices(%s) (-want +got):\n%s", key, diff)
 		}
 	}
-	eps, err := h.EndpointSlices(keyWeb)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eps := h.EndpointSlices(keyWeb)
 	wantEndpoints := []Endpoint{{Addr: netip.MustParseAddr("10.244.1.5"), Ready: true, Serving: true}}
 	if diff := cmp.Diff(wantEndpoints, eps[1].Endpoints, cmpCached); diff != "" {
 		t.Errorf("slice endpoints (-want +got):\n%s", diff)
@@ -314,11 +304,7 @@ func TestServiceChanges(t *testing.T) {
 	if diff := cmp.Diff(map[ServiceKey]time.Time{keyWeb: t3, keyAPI: t3}, got); diff != "" {
 		t.Errorf("slice moved to another Service: marked (-want +got):\n%s", diff)
 	}
-	eps, err := h.EndpointSlices(keyAPI)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(eps) != 2 {
+	if eps := h.EndpointSlices(keyAPI); len(eps) != 2 {
 		t.Errorf("EndpointSlices(%s) after the move: %d slices, want 2", keyAPI, len(eps))
 	}
 

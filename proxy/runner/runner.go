@@ -222,11 +222,7 @@ func (r *runner) input(k hub.ServiceKey) (proxy.InputSource, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
-	slices, err := r.Hub.EndpointSlices(k)
-	if err != nil {
-		return nil, err
-	}
-	src, ok := proxy.FromHub(svc, slices)
+	src, ok := proxy.FromHub(svc, r.Hub.EndpointSlices(k))
 	if !ok {
 		return nil, nil
 	}
