@@ -40,13 +40,13 @@ func runMain(m *testing.M) int {
 		}
 	}
 	prefix := fmt.Sprintf("rn%d", os.Getpid()%10000)
-	before, err := hostState(prefix)
+	before, err := hostState(prefix, env["NODENET_NODE_BIN_DIR"])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	code := runCluster(m, prefix, env)
-	after, err := hostState(prefix)
+	after, err := hostState(prefix, env["NODENET_NODE_BIN_DIR"])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -59,8 +59,9 @@ func runMain(m *testing.M) int {
 }
 
 // hostState is what the cluster must leave as it found it: the host's own network namespace,
-// its mounts, the cgroups and the standard paths of a node, which the nodes bind per node.
-func hostState(prefix string) (string, error) {
+// its mounts, the cgroups and the standard paths of a node, which the nodes bind per node, and
+// no process running a node's binaries (kubelet, containerd, its shims, runc).
+func hostState(prefix, nodeBinDir string) (string, error) {
 	state, err := lab.HostNetworkState(prefix)
 	if err != nil {
 		return "", err
@@ -86,6 +87,12 @@ func hostState(prefix string) (string, error) {
 		"/run/containerd", "/var/lib/nodenet", "/run/nodenet"} {
 		if _, err := os.Stat(d); err == nil {
 			fmt.Fprintf(&b, "path %s\n", d)
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, p := range procs {
+		if exe, err := os.Readlink(p); err == nil && strings.HasPrefix(exe, nodeBinDir+"/") {
+			fmt.Fprintf(&b, "process %s (%s)\n", filepath.Dir(p), exe)
 		}
 	}
 	return b.String(), nil
