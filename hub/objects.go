@@ -39,27 +39,30 @@ func (m *objectMeta) GetResourceVersion() string { return m.resourceVersion }
 const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 
 // Service is what the hub keeps of a Service: the fields the proxy and the DNS server read.
+// What most Services leave unset sits behind one pointer, read through methods.
 type Service struct {
 	objectMeta
 	Type corev1.ServiceType
 	// ClusterIPs are spec.clusterIPs, or spec.clusterIP for an object older than dual stack;
 	// empty while none is allocated and for a headless Service.
-	ClusterIPs   []netip.Addr
-	Headless     bool   // spec.clusterIP: None
-	ExternalName string // of an ExternalName Service
-	ExternalIPs  []netip.Addr
-	// LoadBalancerIPs are the ingress IPs of the status, except those of ipMode Proxy: such a
-	// load balancer proxies the traffic, which then arrives at a node address, not at its IP.
-	LoadBalancerIPs          []netip.Addr
-	LoadBalancerSourceRanges []netip.Prefix
+	ClusterIPs               []netip.Addr
 	Ports                    []ServicePort
-	HealthCheckNodePort      int32
-	// SessionAffinityTimeout is the timeout of ClientIP affinity; zero without affinity.
-	SessionAffinityTimeout   time.Duration
+	Headless                 bool // spec.clusterIP: None
 	ExternalTrafficLocal     bool // externalTrafficPolicy: Local
 	InternalTrafficLocal     bool // internalTrafficPolicy: Local
 	PublishNotReadyAddresses bool
 	OtherProxy               bool // labelled LabelServiceProxyName: not ours to program
+	rare                     *serviceRare
+}
+
+// serviceRare holds a Service's seldom-set fields.
+type serviceRare struct {
+	externalName        string
+	externalIPs         []netip.Addr
+	loadBalancerIPs     []netip.Addr
+	sourceRanges        []netip.Prefix
+	healthCheckNodePort int32
+	affinityTimeout     time.Duration
 }
 
 // ServicePort is one port of a Service.
@@ -70,15 +73,61 @@ type ServicePort struct {
 	NodePort int32 // 0: none
 }
 
+// ExternalName is the target of an ExternalName Service.
+func (s *Service) ExternalName() string {
+	if s.rare == nil {
+		return ""
+	}
+	return s.rare.externalName
+}
+
+// ExternalIPs are spec.externalIPs.
+func (s *Service) ExternalIPs() []netip.Addr {
+	if s.rare == nil {
+		return nil
+	}
+	return s.rare.externalIPs
+}
+
+// LoadBalancerIPs are the ingress IPs of the status, except those of ipMode Proxy: such a load
+// balancer proxies the traffic, which then arrives at a node address, not at its IP.
+func (s *Service) LoadBalancerIPs() []netip.Addr {
+	if s.rare == nil {
+		return nil
+	}
+	return s.rare.loadBalancerIPs
+}
+
+// LoadBalancerSourceRanges are spec.loadBalancerSourceRanges.
+func (s *Service) LoadBalancerSourceRanges() []netip.Prefix {
+	if s.rare == nil {
+		return nil
+	}
+	return s.rare.sourceRanges
+}
+
+// HealthCheckNodePort is spec.healthCheckNodePort; 0 for none.
+func (s *Service) HealthCheckNodePort() int32 {
+	if s.rare == nil {
+		return 0
+	}
+	return s.rare.healthCheckNodePort
+}
+
+// SessionAffinityTimeout is the timeout of ClientIP affinity; zero without affinity.
+func (s *Service) SessionAffinityTimeout() time.Duration {
+	if s.rare == nil {
+		return 0
+	}
+	return s.rare.affinityTimeout
+}
+
 // ServiceOf converts a Service for the cache.
 func ServiceOf(s *corev1.Service) *Service {
 	out := &Service{
 		objectMeta:               metaOf(&s.ObjectMeta),
 		Type:                     canonicalServiceType(s.Spec.Type),
 		Headless:                 s.Spec.ClusterIP == corev1.ClusterIPNone,
-		ExternalName:             s.Spec.ExternalName,
-		ExternalIPs:              parseAddrs(s.Spec.ExternalIPs),
-		HealthCheckNodePort:      s.Spec.HealthCheckNodePort,
 		ExternalTrafficLocal:     s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
 		InternalTrafficLocal:     s.Spec.InternalTrafficPolicy != nil && *s.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
 		PublishNotReadyAddresses: s.Spec.PublishNotReadyAddresses,
@@ -91,17 +140,28 @@ func ServiceOf(s *corev1.Service) *Service {
 		}
 		out.ClusterIPs = parseAddrs(ips)
 	}
+	if len(s.Spec.Ports) > 0 {
+		out.Ports = make([]ServicePort, 0, len(s.Spec.Ports))
+	}
+	for _, p := range s.Spec.Ports {
+		out.Ports = append(out.Ports, ServicePort{Name: p.Name, Protocol: canonicalProtocol(p.Protocol), Port: p.Port, NodePort: p.NodePort})
+	}
+	rare := serviceRare{
+		externalName:        s.Spec.ExternalName,
+		externalIPs:         parseAddrs(s.Spec.ExternalIPs),
+		healthCheckNodePort: s.Spec.HealthCheckNodePort,
+	}
 	for _, ing := range s.Status.LoadBalancer.Ingress {
 		if ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy {
 			continue
 		}
 		if a, ok := parseAddr(ing.IP); ok {
-			out.LoadBalancerIPs = append(out.LoadBalancerIPs, a)
+			rare.loadBalancerIPs = append(rare.loadBalancerIPs, a)
 		}
 	}
 	for _, r := range s.Spec.LoadBalancerSourceRanges {
 		if p, err := netip.ParsePrefix(strings.TrimSpace(r)); err == nil {
-			out.LoadBalancerSourceRanges = append(out.LoadBalancerSourceRanges, p)
+			rare.sourceRanges = append(rare.sourceRanges, p)
 		}
 	}
 	if s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
@@ -109,13 +169,11 @@ func ServiceOf(s *corev1.Service) *Service {
 		if c := s.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
 			secs = *c.ClientIP.TimeoutSeconds
 		}
-		out.SessionAffinityTimeout = time.Duration(secs) * time.Second
+		rare.affinityTimeout = time.Duration(secs) * time.Second
 	}
-	if len(s.Spec.Ports) > 0 {
-		out.Ports = make([]ServicePort, 0, len(s.Spec.Ports))
-	}
-	for _, p := range s.Spec.Ports {
-		out.Ports = append(out.Ports, ServicePort{Name: p.Name, Protocol: canonicalProtocol(p.Protocol), Port: p.Port, NodePort: p.NodePort})
+	if rare.externalName != "" || rare.externalIPs != nil || rare.loadBalancerIPs != nil || rare.sourceRanges != nil ||
+		rare.healthCheckNodePort != 0 || rare.affinityTimeout != 0 {
+		out.rare = &rare
 	}
 	return out
 }

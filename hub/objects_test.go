@@ -18,7 +18,7 @@ import (
 // cmpCached compares cached values field by field, the resource version aside: the fake API
 // server sets its own.
 var cmpCached = cmp.Options{
-	cmp.AllowUnexported(Service{}, EndpointSlice{}, objectMeta{}, Endpoint{}, endpointRare{}),
+	cmp.AllowUnexported(Service{}, serviceRare{}, EndpointSlice{}, objectMeta{}, Endpoint{}, endpointRare{}),
 	cmp.Comparer(func(a, b unique.Handle[string]) bool { return a == b }),
 	cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
 	cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
@@ -70,26 +70,28 @@ func TestServiceOf(t *testing.T) {
 		}, Service{
 			objectMeta: objectMeta{Namespace: "ns", Name: "web"},
 			Type:       corev1.ServiceTypeLoadBalancer, ClusterIPs: addrs("10.96.0.10", "fd00:96::10"),
-			ExternalIPs:              addrs("192.0.2.1"),
-			LoadBalancerIPs:          addrs("198.51.100.8"),
-			LoadBalancerSourceRanges: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("198.51.100.7/32")},
 			Ports: []ServicePort{
 				{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, NodePort: 30080},
 				{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53},
 				{Name: "sig", Protocol: corev1.ProtocolTCP, Port: 3868},
 			},
-			HealthCheckNodePort: 32000, SessionAffinityTimeout: time.Minute,
 			ExternalTrafficLocal: true, InternalTrafficLocal: true,
+			rare: &serviceRare{
+				externalIPs:         addrs("192.0.2.1"),
+				loadBalancerIPs:     addrs("198.51.100.8"),
+				sourceRanges:        []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("198.51.100.7/32")},
+				healthCheckNodePort: 32000, affinityTimeout: time.Minute,
+			},
 		}},
 		{"written before dual stack; ClientIP affinity with the default timeout", corev1.Service{ObjectMeta: meta,
 			Spec: corev1.ServiceSpec{ClusterIP: "::ffff:10.96.0.11", SessionAffinity: corev1.ServiceAffinityClientIP},
-		}, Service{objectMeta: objectMeta{Namespace: "ns", Name: "web"}, ClusterIPs: addrs("10.96.0.11"), SessionAffinityTimeout: 3 * time.Hour}},
+		}, Service{objectMeta: objectMeta{Namespace: "ns", Name: "web"}, ClusterIPs: addrs("10.96.0.11"), rare: &serviceRare{affinityTimeout: 3 * time.Hour}}},
 		{"headless, publishing not-ready addresses", corev1.Service{ObjectMeta: meta,
 			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: corev1.ClusterIPNone, ClusterIPs: []string{corev1.ClusterIPNone}, PublishNotReadyAddresses: true},
 		}, Service{objectMeta: objectMeta{Namespace: "ns", Name: "web"}, Type: corev1.ServiceTypeClusterIP, Headless: true, PublishNotReadyAddresses: true}},
 		{"external name", corev1.Service{ObjectMeta: meta,
 			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com"},
-		}, Service{objectMeta: objectMeta{Namespace: "ns", Name: "web"}, Type: corev1.ServiceTypeExternalName, ExternalName: "example.com"}},
+		}, Service{objectMeta: objectMeta{Namespace: "ns", Name: "web"}, Type: corev1.ServiceTypeExternalName, rare: &serviceRare{externalName: "example.com"}}},
 		{"another proxy's", corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", Labels: map[string]string{LabelServiceProxyName: ""}},
 			Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.12"},
@@ -104,6 +106,11 @@ func TestServiceOf(t *testing.T) {
 				t.Errorf("resource version %q, want %q", got.GetResourceVersion(), tc.in.ResourceVersion)
 			}
 		})
+	}
+	var plain Service
+	if plain.ExternalName() != "" || plain.ExternalIPs() != nil || plain.LoadBalancerIPs() != nil ||
+		plain.LoadBalancerSourceRanges() != nil || plain.HealthCheckNodePort() != 0 || plain.SessionAffinityTimeout() != 0 {
+		t.Error("a Service without the seldom-set fields reads some of them as set")
 	}
 }
 

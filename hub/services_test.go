@@ -222,10 +222,10 @@ func TestServiceSync(t *testing.T) {
 		t.Fatalf("Service(%s) = %v, %v", keyWeb, ok, err)
 	}
 	want := &Service{
-		objectMeta:      objectMeta{Namespace: "ns", Name: "web"},
-		ClusterIPs:      []netip.Addr{netip.MustParseAddr("10.96.0.10")},
-		LoadBalancerIPs: []netip.Addr{netip.MustParseAddr("198.18.0.100")},
-		Ports:           []ServicePort{{Protocol: corev1.ProtocolTCP, Port: 80}},
+		objectMeta: objectMeta{Namespace: "ns", Name: "web"},
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		Ports:      []ServicePort{{Protocol: corev1.ProtocolTCP, Port: 80}},
+		rare:       &serviceRare{loadBalancerIPs: []netip.Addr{netip.MustParseAddr("198.18.0.100")}},
 	}
 	if diff := cmp.Diff(want, got, cmpCached); diff != "" {
 		t.Errorf("cached Service (-want +got):\n%s", diff)

@@ -178,14 +178,14 @@ func serviceFromObject(svc *hub.Service) (Service, bool) {
 		Namespace:              svc.Namespace,
 		Name:                   svc.Name,
 		ClusterIPs:             svc.ClusterIPs,
-		ExternalIPs:            svc.ExternalIPs,
+		ExternalIPs:            svc.ExternalIPs(),
 		ExternalLocal:          svc.ExternalTrafficLocal,
 		InternalLocal:          svc.InternalTrafficLocal,
-		SessionAffinityTimeout: svc.SessionAffinityTimeout,
+		SessionAffinityTimeout: svc.SessionAffinityTimeout(),
 	}
 	if svc.Type == corev1.ServiceTypeLoadBalancer {
-		s.LoadBalancerIPs = svc.LoadBalancerIPs
-		for _, p := range svc.LoadBalancerSourceRanges {
+		s.LoadBalancerIPs = svc.LoadBalancerIPs()
+		for _, p := range svc.LoadBalancerSourceRanges() {
 			s.LoadBalancerSourceRanges = append(s.LoadBalancerSourceRanges, p.Masked())
 		}
 	}
@@ -196,7 +196,7 @@ func serviceFromObject(svc *hub.Service) (Service, bool) {
 		}
 		sp := ServicePort{Name: p.Name, Protocol: proto, Port: p.Port, NodePort: p.NodePort}
 		if s.ExternalLocal {
-			sp.HealthCheckNodePort = svc.HealthCheckNodePort
+			sp.HealthCheckNodePort = svc.HealthCheckNodePort()
 		}
 		s.Ports = append(s.Ports, sp)
 	}

@@ -42,7 +42,7 @@ func newService(svc *hub.Service, endpointSlices []*hub.EndpointSlice) (*service
 	s := &service{name: strings.ToLower(svc.Name), namespace: strings.ToLower(svc.Namespace)}
 	switch {
 	case svc.Type == corev1.ServiceTypeExternalName:
-		target := strings.ToLower(strings.TrimSuffix(svc.ExternalName, "."))
+		target := strings.ToLower(strings.TrimSuffix(svc.ExternalName(), "."))
 		if target == "" {
 			return nil, false
 		}
