@@ -41,17 +41,32 @@ const (
 
 var families = []Family{IPv4, IPv6}
 
-func famSuffix(f Family) string { return "-v" + strconv.Itoa(int(f)) }
+func famSuffix(f Family) string { return perFamily(f, "-v4", "-v6") }
 
-// Map and set names, per family.
-func mapServiceIPs(f Family) string       { return "service-ips" + famSuffix(f) }
-func mapServiceNodePorts(f Family) string { return "service-nodeports" + famSuffix(f) }
-func mapNoEPServices(f Family) string     { return "no-endpoint-services" + famSuffix(f) }
-func mapNoEPNodePorts(f Family) string    { return "no-endpoint-nodeports" + famSuffix(f) }
-func mapFirewallIPs(f Family) string      { return "firewall-ips" + famSuffix(f) }
-func setNodePortIPs(f Family) string      { return "nodeport-ips" + famSuffix(f) }
-func setHairpin(f Family) string          { return "hairpin" + famSuffix(f) }
-func chainNodePorts(f Family) string      { return "nodeports" + famSuffix(f) }
+// Map and set names, per family. Constants rather than concatenations: every
+// element of a verdict map carries its map's name, and the Syncer keeps
+// thousands of them as keys.
+func mapServiceIPs(f Family) string { return perFamily(f, "service-ips-v4", "service-ips-v6") }
+func mapServiceNodePorts(f Family) string {
+	return perFamily(f, "service-nodeports-v4", "service-nodeports-v6")
+}
+func mapNoEPServices(f Family) string {
+	return perFamily(f, "no-endpoint-services-v4", "no-endpoint-services-v6")
+}
+func mapNoEPNodePorts(f Family) string {
+	return perFamily(f, "no-endpoint-nodeports-v4", "no-endpoint-nodeports-v6")
+}
+func mapFirewallIPs(f Family) string { return perFamily(f, "firewall-ips-v4", "firewall-ips-v6") }
+func setNodePortIPs(f Family) string { return perFamily(f, "nodeport-ips-v4", "nodeport-ips-v6") }
+func setHairpin(f Family) string     { return perFamily(f, "hairpin-v4", "hairpin-v6") }
+func chainNodePorts(f Family) string { return perFamily(f, "nodeports-v4", "nodeports-v6") }
+
+func perFamily(f Family, v4, v6 string) string {
+	if f == IPv6 {
+		return v6
+	}
+	return v4
+}
 
 var (
 	keyAddrProtoPort = []Field{FieldDaddr, FieldL4Proto, FieldDport}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"fmt"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -22,15 +23,70 @@ func pairKeyOf(a netip.Addr) pairKey { return a.As16() }
 // a mapped address is always an IPv4 one.
 func (k pairKey) elemKey() elemKey {
 	a := netip.AddrFrom16(k).Unmap()
-	set := hairpinV6
-	if a.Is4() {
-		set = hairpinV4
-	}
-	return elemKey{set, MapKey{Addr: a}}
+	return elemKey{setHairpin(familyOf(a)), MapKey{Addr: a}}
 }
 
-// The hairpin sets' names, made once rather than for every pair.
-var hairpinV4, hairpinV6 = setHairpin(IPv4), setHairpin(IPv6)
+// pairCounts counts, per endpoint address, the fragments holding its hairpin pair. Nearly every
+// address is an IPv4 one, counted under a 4-byte key: at 100,000 endpoints that map is under half
+// the size of one with 16-byte keys.
+type pairCounts struct {
+	v4 map[[4]byte]int32
+	v6 map[pairKey]int32
+}
+
+func newPairCounts() pairCounts {
+	return pairCounts{v4: map[[4]byte]int32{}, v6: map[pairKey]int32{}}
+}
+
+// ipv4 is the IPv4 address of a mapped key.
+func (k pairKey) ipv4() ([4]byte, bool) {
+	a := netip.AddrFrom16(k)
+	if !a.Is4In6() {
+		return [4]byte{}, false
+	}
+	return a.Unmap().As4(), true
+}
+
+// add adds n (1 or -1) to the count of pk, which is forgotten at zero.
+func (c pairCounts) add(pk pairKey, n int32) {
+	if a, ok := pk.ipv4(); ok {
+		addCount(c.v4, a, n)
+	} else {
+		addCount(c.v6, pk, n)
+	}
+}
+
+func addCount[K comparable](m map[K]int32, k K, n int32) {
+	if m[k] += n; m[k] <= 0 {
+		delete(m, k)
+	}
+}
+
+// count is the number of fragments holding pk.
+func (c pairCounts) count(pk pairKey) int32 {
+	if a, ok := pk.ipv4(); ok {
+		return c.v4[a]
+	}
+	return c.v6[pk]
+}
+
+func (c pairCounts) len() int { return len(c.v4) + len(c.v6) }
+
+// keys iterates over the pairs counted.
+func (c pairCounts) keys() iter.Seq[pairKey] {
+	return func(yield func(pairKey) bool) {
+		for a := range c.v4 {
+			if !yield(pairKeyOf(netip.AddrFrom4(a))) {
+				return
+			}
+		}
+		for pk := range c.v6 {
+			if !yield(pk) {
+				return
+			}
+		}
+	}
+}
 
 // pairChanges takes the hairpin pairs out of have, read from the kernel, and returns the pairs
 // counted but not there and those there but not counted, sorted. The pairs go to the kernel
@@ -45,11 +101,11 @@ func (s *Syncer) pairChanges(have *Digest) (add, del []pairKey) {
 		delete(have.Elems, ek)
 		pk := pairKeyOf(ek.Key.Addr)
 		there[pk] = true
-		if s.pairs[pk] <= 0 {
+		if s.pairs.count(pk) <= 0 {
 			del = append(del, pk)
 		}
 	}
-	for pk := range s.pairs {
+	for pk := range s.pairs.keys() {
 		if !there[pk] {
 			add = append(add, pk)
 		}

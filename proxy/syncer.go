@@ -60,7 +60,7 @@ type Syncer struct {
 	// held is not kept: it is built again from the Service's previous
 	// input, which at 100,000 endpoints saves tens of megabytes.
 	claims   map[elemKey][]ServiceKey
-	pairs    map[pairKey]int32
+	pairs    pairCounts
 	lastGen  uint32 // nftables generation after our last write
 	rejected map[ServiceKey]error
 }
@@ -242,7 +242,7 @@ func (s *Syncer) full() (SyncResult, error) {
 	res.Ops += len(stale)
 
 	s.claims = map[elemKey][]ServiceKey{}
-	s.pairs = map[pairKey]int32{}
+	s.pairs = newPairCounts()
 	byShard := make([][]ServiceKey, serviceShards)
 	for _, k := range keys {
 		s.count(k, s.fragment(k), 1)
@@ -345,10 +345,7 @@ func (s *Syncer) recordGeneration() {
 // claims and pair counts.
 func (s *Syncer) count(k ServiceKey, fr Fragment, n int32) {
 	for _, a := range fr.Pairs {
-		pk := pairKeyOf(a)
-		if s.pairs[pk] += n; s.pairs[pk] <= 0 {
-			delete(s.pairs, pk)
-		}
+		s.pairs.add(pairKeyOf(a), n)
 	}
 	for _, e := range fr.Elements {
 		ek := elemKey{e.Map, e.Key}
@@ -430,7 +427,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 		for _, a := range slices.Concat(old.Pairs, fr.Pairs) {
 			pk := pairKeyOf(a)
 			if _, seen := oldPairs[pk]; !seen {
-				oldPairs[pk] = s.pairs[pk] > 0
+				oldPairs[pk] = s.pairs.count(pk) > 0
 			}
 		}
 		s.count(k, old, -1)
@@ -458,7 +455,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 		if was {
 			h.Elems[ek] = ""
 		}
-		if s.pairs[pk] > 0 {
+		if s.pairs.count(pk) > 0 {
 			w.elems[ek] = MapElement{Key: ek.Key}
 		}
 	}

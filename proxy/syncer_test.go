@@ -246,7 +246,7 @@ func TestSyncerRejectsBrokenServiceAlone(t *testing.T) {
 	if err := s.Rejected()[ServiceKey{"ns", "bad"}]; err == nil || !strings.Contains(err.Error(), `unknown protocol "dccp"`) {
 		t.Errorf("rejected: %v, want ns/bad for its protocol", s.Rejected())
 	}
-	if n := len(s.pairs); n != 6 {
+	if n := s.pairs.len(); n != 6 {
 		t.Errorf("%d hairpin pairs written, want the 3 good Services' 6", n)
 	}
 	written := map[elemKey]string{}
