@@ -71,6 +71,11 @@ func NewSyncer(app *Applier, facts Facts, log *zap.Logger) *Syncer {
 		inputs: map[ServiceKey]InputSource{}, rejected: map[ServiceKey]error{}}
 }
 
+// FullNext reports whether the next Sync compares every table with the
+// kernel: the first one, and the first after a failure or a change of the
+// facts.
+func (s *Syncer) FullNext() bool { return s.ledger == nil }
+
 // SetFacts changes the node facts; the next Sync rebuilds every Service.
 func (s *Syncer) SetFacts(f Facts) {
 	if !factsEqual(f, s.facts) {

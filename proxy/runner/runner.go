@@ -53,6 +53,14 @@ type Config struct {
 // by returning freed memory to the system.
 const bigWorld = 1000
 
+// fullSyncGCPercent paces the garbage collector through full syncs and drift
+// checks. They keep the whole world's inputs live while they stream netlink
+// messages that each live for one batch; at the default of 100 the heap grows
+// to twice the live heap before every collection, most of the daemon's peak
+// memory at 10,000 Services. At 50 that peak is about 15 MB lower, for a
+// cold start's CPU time within the noise of the benchmark.
+const fullSyncGCPercent = 50
+
 // forceReadEvery makes every so many drift checks read the tables even if
 // the nftables generation says nobody wrote since the last sync.
 const forceReadEvery = 10
@@ -156,6 +164,9 @@ func (r *runner) sync() error {
 			udp = hasDatagramPort(old.Service) || (src != nil && hasDatagramPort(proxy.ServiceOf(src)))
 		}
 	}
+	if r.Syncer.FullNext() {
+		defer paceGC()()
+	}
 	start := time.Now()
 	res, err := r.Syncer.Sync(changed)
 	mode := "partial"
@@ -230,6 +241,7 @@ func (r *runner) input(k hub.ServiceKey) (proxy.InputSource, error) {
 }
 
 func (r *runner) checkDrift(force bool) {
+	defer paceGC()()
 	start := time.Now()
 	res, repaired, err := r.Syncer.CheckDrift(force)
 	if repaired {
@@ -292,6 +304,18 @@ func (r *runner) updateHealth(changed map[proxy.ServiceKey]proxy.InputSource, al
 	}
 	r.Health.SyncServices(r.hcPorts)
 	r.Health.SyncEndpoints(r.local)
+}
+
+// paceGC lowers the collector's GOGC to fullSyncGCPercent and returns the
+// function that restores it. It never raises it: a lower GOGC, or GOGC=off
+// with a memory limit, stays as the operator set it.
+func paceGC() (restore func()) {
+	old := debug.SetGCPercent(fullSyncGCPercent)
+	if old < fullSyncGCPercent {
+		debug.SetGCPercent(old)
+		return func() {}
+	}
+	return func() { debug.SetGCPercent(old) }
 }
 
 func hasDatagramPort(s proxy.Service) bool {

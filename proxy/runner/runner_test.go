@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"os/exec"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -207,5 +208,24 @@ func eventually(t *testing.T, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPaceGC: a full sync runs at fullSyncGCPercent and gives the collector back its setting; a
+// lower setting, or the collector turned off, is left alone.
+func TestPaceGC(t *testing.T) {
+	orig := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(orig)
+	for _, set := range []int{100, 200, 30, -1} {
+		debug.SetGCPercent(set)
+		restore := paceGC()
+		want := min(set, fullSyncGCPercent)
+		if during := debug.SetGCPercent(want); during != want {
+			t.Errorf("GOGC %d: %d during the sync, want %d", set, during, want)
+		}
+		restore()
+		if after := debug.SetGCPercent(set); after != set {
+			t.Errorf("GOGC %d: %d after the sync", set, after)
+		}
 	}
 }
