@@ -1,4 +1,4 @@
-// Package hub is the daemon's one view of the cluster: a single shared informer factory whose
+// Package hub is the daemon's one view of the cluster: one informer per kind of object, whose
 // event handlers only record that something changed and poke the components that care. The
 // components then read consistent snapshots from the informers' caches. Each component owns its
 // goroutine; the hub never calls into them.
