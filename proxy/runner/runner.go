@@ -53,12 +53,14 @@ type Config struct {
 // by returning freed memory to the system.
 const bigWorld = 1000
 
-// fullSyncGCPercent paces the garbage collector through full syncs and drift
-// checks. They keep the whole world's inputs live while they stream netlink
+// fullSyncGCPercent paces the garbage collector through the syncs that are
+// full. They keep the whole world's inputs live while they stream netlink
 // messages that each live for one batch; at the default of 100 the heap grows
 // to twice the live heap before every collection, most of the daemon's peak
 // memory at 10,000 Services. At 50 that peak is about 15 MB lower, for a
-// cold start's CPU time within the noise of the benchmark.
+// cold start's CPU time within the noise of the benchmark. Drift checks keep
+// the default: lowering GOGC starts a collection at once when the heap is
+// past the new goal, and most checks have nothing to do.
 const fullSyncGCPercent = 50
 
 // forceReadEvery makes every so many drift checks read the tables even if
@@ -241,7 +243,6 @@ func (r *runner) input(k hub.ServiceKey) (proxy.InputSource, error) {
 }
 
 func (r *runner) checkDrift(force bool) {
-	defer paceGC()()
 	start := time.Now()
 	res, repaired, err := r.Syncer.CheckDrift(force)
 	if repaired {
