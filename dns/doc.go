@@ -4,7 +4,9 @@
 //
 // Queries are read from the request's wire form (package wire). The common ones — a name in
 // the cluster domain, a cached external name, a search-path miss — are answered without
-// unpacking the request, on the goroutine that read it. Queries that need an upstream go to a
+// unpacking the request, on the goroutine that read it, and without allocating: datagrams move in
+// batches of one recvmmsg and one sendmmsg (package internal/mmsg), and each reader keeps one
+// string per question name it sees often (wire.Names). Queries that need an upstream go to a
 // goroutine of their own, bounded in number, so one slow upstream cannot stall the answers
 // served from memory.
 package dns

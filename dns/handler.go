@@ -23,9 +23,10 @@ type answer struct {
 // fast answers req from memory, appending the response to dst. ok is false when the query needs
 // the slow path: an upstream, an alias to chase, or a request the wire reader leaves to miekg/dns.
 // A request too broken to answer gives ok with an empty response: it is dropped. Over UDP the
-// response is kept within what the client can receive.
-func (s *Server) fast(req, dst []byte, udp bool) (a answer, q wire.Query, ok bool) {
-	q, err := wire.ParseQuery(req)
+// response is kept within what the client can receive. names is the reader's table of question
+// names (nil: none).
+func (s *Server) fast(req, dst []byte, udp bool, names *wire.Names) (a answer, q wire.Query, ok bool) {
+	q, err := wire.ParseQuery(req, names)
 	maxSize := maxTCPMessage
 	if udp {
 		maxSize = udpLimit(q)

@@ -65,7 +65,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.TCPConn) {
 		start := time.Now()
 		// Room for the length prefix, filled in once the answer's size is known.
 		dst := append(out[:0], 0, 0)
-		a, q, ok := s.fast(req[:n], dst, false)
+		a, q, ok := s.fast(req[:n], dst, false, nil)
 		s.metrics.request("tcp", q.Type)
 		if !ok {
 			if !s.acquireUpstream() {

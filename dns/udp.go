@@ -9,7 +9,9 @@ import (
 
 	mdns "github.com/miekg/dns"
 	"go.uber.org/zap"
-	"golang.org/x/net/ipv4"
+
+	"github.com/nodenet/nodenet/dns/wire"
+	"github.com/nodenet/nodenet/internal/mmsg"
 )
 
 const (
@@ -23,19 +25,23 @@ const (
 
 // serveUDP reads one socket until ctx ends. Answers from memory are sent from this goroutine, a
 // batch at a time; queries that need an upstream get a goroutine each, within the upstream
-// budget.
+// budget. Nothing on the path of an answer from memory allocates: at a hundred thousand queries
+// a second, garbage meant several collections a second, each stretching queries' latency.
 func (s *Server) serveUDP(ctx context.Context, c *net.UDPConn, wg *sync.WaitGroup) {
-	// ipv4.PacketConn's batch calls are plain recvmmsg/sendmmsg: they serve IPv6 sockets as well.
-	pc := ipv4.NewPacketConn(c)
-	in := make([]ipv4.Message, udpBatch)
-	out := make([]ipv4.Message, 0, udpBatch)
+	rc, err := c.SyscallConn()
+	if err != nil {
+		s.log.Error("UDP socket without a file descriptor", zap.Error(err))
+		return
+	}
+	in := mmsg.NewReader(udpBatch, maxRequest)
+	out := mmsg.NewWriter(udpBatch)
+	names := wire.NewNames()
 	replies := make([][]byte, udpBatch)
-	for i := range in {
-		in[i].Buffers = [][]byte{make([]byte, maxRequest)}
+	for i := range replies {
 		replies[i] = make([]byte, 0, maxUDPResponse)
 	}
 	for {
-		n, err := pc.ReadBatch(in, 0)
+		n, err := in.Read(rc)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
@@ -44,14 +50,9 @@ func (s *Server) serveUDP(ctx context.Context, c *net.UDPConn, wg *sync.WaitGrou
 			continue
 		}
 		start := time.Now()
-		out = out[:0]
 		for i := range n {
-			req := in[i].Buffers[0][:in[i].N]
-			from, ok := in[i].Addr.(*net.UDPAddr)
-			if !ok {
-				continue
-			}
-			a, q, done := s.fast(req, replies[i][:0], true)
+			req := in.Payload(i)
+			a, q, done := s.fast(req, replies[i][:0], true, names)
 			s.metrics.request("udp", q.Type)
 			if done {
 				if len(a.wire) == 0 {
@@ -59,17 +60,17 @@ func (s *Server) serveUDP(ctx context.Context, c *net.UDPConn, wg *sync.WaitGrou
 					continue
 				}
 				replies[i] = a.wire[:0] // keep a buffer that had to grow
-				out = append(out, ipv4.Message{Buffers: [][]byte{a.wire}, Addr: from})
+				out.Reply(a.wire, in, i)
 				s.metrics.response(a.rcode, a.source, time.Since(start).Seconds())
 				continue
 			}
 			if !s.acquireUpstream() {
 				a := s.headerOnly(req, replies[i][:0], mdns.RcodeServerFailure)
-				out = append(out, ipv4.Message{Buffers: [][]byte{a.wire}, Addr: from})
+				out.Reply(a.wire, in, i)
 				s.metrics.response(a.rcode, a.source, time.Since(start).Seconds())
 				continue
 			}
-			own := append([]byte(nil), req...)
+			own, from := append([]byte(nil), req...), in.Peer(i)
 			wg.Go(func() {
 				defer s.releaseUpstream()
 				a := s.slow(ctx, own, make([]byte, 0, udpLimit(q)), true)
@@ -77,21 +78,16 @@ func (s *Server) serveUDP(ctx context.Context, c *net.UDPConn, wg *sync.WaitGrou
 					s.metrics.dropped.WithLabelValues("malformed").Inc()
 					return
 				}
-				if _, err := c.WriteToUDP(a.wire, from); err != nil {
+				if _, err := c.WriteToUDPAddrPort(a.wire, from); err != nil {
 					s.log.Debug("write UDP", zap.Stringer("to", from), zap.Error(err))
 					return
 				}
 				s.metrics.response(a.rcode, a.source, time.Since(start).Seconds())
 			})
 		}
-		for len(out) > 0 {
-			sent, err := pc.WriteBatch(out, 0)
-			if err != nil {
-				// One bad destination must not cost the others their answers: skip it.
-				s.log.Debug("write UDP", zap.Error(err))
-				sent = max(sent, 1)
-			}
-			out = out[sent:]
+		// One refused destination must not cost the others their answers: Flush skips it.
+		if err := out.Flush(rc); err != nil {
+			s.log.Debug("write UDP", zap.Error(err))
 		}
 	}
 }

@@ -57,8 +57,9 @@ type Key struct {
 // Key returns the query's cache key.
 func (q Query) Key() Key { return Key{Name: q.Name, Type: q.Type, Class: q.Class, DO: q.DO, CD: q.CD} }
 
-// ParseQuery reads a request. It allocates only the name.
-func ParseQuery(b []byte) (Query, error) {
+// ParseQuery reads a request. It allocates only the name, and with names only a name that table
+// has not seen; nil names allocates every name.
+func ParseQuery(b []byte, names *Names) (Query, error) {
 	var q Query
 	if len(b) < headerLen {
 		return q, fmt.Errorf("request of %d bytes is shorter than a DNS header", len(b))
@@ -75,7 +76,7 @@ func ParseQuery(b []byte) (Query, error) {
 	if qd != 1 || an != 0 || ns != 0 || ar > 1 {
 		return q, ErrNotPlain
 	}
-	name, off, err := readName(b, headerLen)
+	name, off, err := readName(b, headerLen, names)
 	if err != nil {
 		return q, err
 	}
@@ -115,8 +116,9 @@ func (q *Query) readOPT(rr []byte) error {
 
 // readName reads an uncompressed name of plain host-name-like labels at off and returns it
 // lower-cased in presentation form with the offset after it. Labels holding bytes that
-// presentation form would escape, and compression pointers, give ErrNotPlain.
-func readName(b []byte, off int) (string, int, error) {
+// presentation form would escape, and compression pointers, give ErrNotPlain. With names, the
+// string is that table's.
+func readName(b []byte, off int, names *Names) (string, int, error) {
 	var buf [maxNameLen + 1]byte
 	n := 0
 	wireLen := 0
@@ -156,6 +158,9 @@ func readName(b []byte, off int) (string, int, error) {
 	}
 	if n == 0 {
 		return ".", off, nil
+	}
+	if names != nil {
+		return names.intern(buf[:n]), off, nil
 	}
 	return string(buf[:n]), off, nil
 }

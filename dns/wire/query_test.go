@@ -70,7 +70,7 @@ func TestParseQuery(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := pack(t, tt.msg)
-			got, err := ParseQuery(b)
+			got, err := ParseQuery(b, nil)
 			if err != nil {
 				t.Fatalf("ParseQuery: %v", err)
 			}
@@ -108,7 +108,7 @@ func TestParseQueryRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseQuery(tt.req)
+			_, err := ParseQuery(tt.req, nil)
 			switch {
 			case err == nil:
 				t.Fatal("ParseQuery accepted the request")
@@ -130,7 +130,7 @@ func FuzzParseQuery(f *testing.F) {
 		f.Add(pack(f, m))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		q, err := ParseQuery(b)
+		q, err := ParseQuery(b, nil)
 		if err != nil {
 			return
 		}
@@ -151,9 +151,10 @@ func BenchmarkParseQuery(b *testing.B) {
 	m := query("nginx-svc.default.svc.cluster.local.", dns.TypeA)
 	m.SetEdns0(1232, false)
 	req := pack(b, m)
+	names := NewNames()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := ParseQuery(req); err != nil {
+		if _, err := ParseQuery(req, names); err != nil {
 			b.Fatal(err)
 		}
 	}
