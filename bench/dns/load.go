@@ -25,10 +25,16 @@ type perfRun struct {
 	rcodes    map[string]int
 	qps       float64         // queries completed per second of the run
 	latencies []time.Duration // one per answered query, with verbose
+	// sendLag is how far the Go generator fell behind its schedule at worst (dnsperf: 0).
+	sendLag time.Duration
 	// serverDrops counts the datagrams the server's namespace dropped during the run because a
 	// socket's receive buffer was full: lost queries that never reached the server.
 	serverDrops int64
 }
+
+// maxSendLag is how far the generator may fall behind its schedule before a latency run says so:
+// a few of its ticks.
+const maxSendLag = 2 * time.Millisecond
 
 // The load generators.
 const (
@@ -117,7 +123,8 @@ func (g loadGen) goGen(ctx context.Context, file string, rate float64, d time.Du
 	if err := json.Unmarshal([]byte(stdout.String()), &out); err != nil {
 		return perfRun{}, fmt.Errorf("load generator output: %w", err)
 	}
-	res := perfRun{rate: rate, sent: out.Sent, completed: out.Completed, lost: out.Lost, rcodes: out.Rcodes, qps: out.QPS}
+	res := perfRun{rate: rate, sent: out.Sent, completed: out.Completed, lost: out.Lost, rcodes: out.Rcodes, qps: out.QPS,
+		sendLag: time.Duration(out.MaxSendLag)}
 	for _, ns := range out.Latencies {
 		res.latencies = append(res.latencies, time.Duration(ns))
 	}
@@ -327,6 +334,9 @@ func (g loadGen) latencyAt(ctx context.Context, file, rcode string, rate float64
 		var err error
 		if res, err = g.run(ctx, file, rate, g.opts.step, true); err != nil {
 			return res, err
+		}
+		if res.sendLag > maxSendLag {
+			logf("    latency at %.0f/s: the generator fell %s behind its schedule at worst, which its queries' latencies include", rate, res.sendLag.Round(time.Microsecond))
 		}
 		ok, why := res.clean(rcode)
 		if ok {
