@@ -18,13 +18,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/nodenet/nodenet/bench/internal/harness"
 	"github.com/nodenet/nodenet/bench/internal/summary"
 	"io"
 	"os"
-	"os/signal"
-	"path/filepath"
 	"runtime"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -56,33 +54,18 @@ func benchMain() int {
 		fmt.Fprintln(os.Stderr, "bench/cni: --rounds, --pods, --rss-pods and --floor-samples must be at least 1")
 		return 2
 	}
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "bench/cni: needs root to create network namespaces (run: sudo make bench)")
-		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, opts, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "bench/cni:", err)
-		return 1
-	}
-	return 0
+	return harness.Main("bench/cni", "bench", func(ctx context.Context) error {
+		return run(ctx, opts, os.Stdout, os.Stderr)
+	})
 }
 
 // run sets up both sides, measures, and writes the report to out; progress goes to progress.
 func run(ctx context.Context, opts options, out, progress io.Writer) (err error) {
 	started := time.Now()
-	logf := func(format string, args ...any) {
-		fmt.Fprintf(progress, "[%6.1fs] %s\n", time.Since(started).Seconds(), fmt.Sprintf(format, args...))
-	}
-	binDir, err := filepath.Abs(opts.bin)
+	logf := harness.Progress(progress)
+	binDir, err := harness.Binaries(opts.bin)
 	if err != nil {
 		return err
-	}
-	for _, name := range []string{"nodenet", "nodenet-cni"} {
-		if _, err := os.Stat(filepath.Join(binDir, name)); err != nil {
-			return fmt.Errorf("%w (run make build first)", err)
-		}
 	}
 	pluginDir, pluginsVersion, err := ensureReferencePlugins(ctx, opts.tools, progress)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nodenet/nodenet/bench/internal/harness"
 	"github.com/nodenet/nodenet/e2e/lab"
 )
 
@@ -39,7 +40,7 @@ func generatorCeiling(ctx context.Context, l *lab.Lab, opts options, logf func(s
 	if err != nil {
 		return capacity{}, perfRun{}, err
 	}
-	echo := &netnsProc{name: "trivial responder", ns: srv, argv: []string{self, "echo"}, dir: l.Dir, logPath: filepath.Join(l.Dir, "echo.log")}
+	echo := &harness.NetnsProc{Name: "trivial responder", NS: srv, Argv: []string{self, "echo"}, Dir: l.Dir, Log: filepath.Join(l.Dir, "echo.log")}
 	if err := onCPU(opts.serverCPU, opts.sched, echo.Start); err != nil {
 		return capacity{}, perfRun{}, err
 	}

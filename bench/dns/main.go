@@ -30,17 +30,15 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/nodenet/nodenet/bench/internal/harness"
 	"github.com/nodenet/nodenet/e2e/lab"
 )
 
@@ -125,7 +123,7 @@ func benchMain() int {
 	flag.DurationVar(&opts.grace, "grace", time.Minute, "a side that answers no Service name this long after its start is not available")
 	flag.Parse()
 	var err error
-	if opts.scales, err = parseInts(scales); err != nil {
+	if opts.scales, err = harness.ParseCounts(scales); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/dns: --scales:", err)
 		return 2
 	}
@@ -156,47 +154,19 @@ func benchMain() int {
 		fmt.Fprintf(os.Stderr, "bench/dns: --precision must be above 1, --step at least 1s, --timeout positive, --latency-rate at least %d\n", minRate)
 		return 2
 	}
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "bench/dns: needs root to create network namespaces (run: sudo make bench-dns)")
-		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, opts, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "bench/dns:", err)
-		return 1
-	}
-	return 0
-}
-
-func parseInts(s string) ([]int, error) {
-	var out []int
-	for f := range strings.SplitSeq(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("%q is not a positive count", f)
-		}
-		out = append(out, n)
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
+	return harness.Main("bench/dns", "bench-dns", func(ctx context.Context) error {
+		return run(ctx, opts, os.Stdout, os.Stderr)
+	})
 }
 
 // run builds the cluster, the upstream and both sides, measures every size, and writes the report
 // to out; progress goes to progress.
 func run(ctx context.Context, opts options, out, progress io.Writer) (err error) {
 	started := time.Now()
-	logf := func(format string, args ...any) {
-		fmt.Fprintf(progress, "[%6.1fs] %s\n", time.Since(started).Seconds(), fmt.Sprintf(format, args...))
-	}
-	binDir, err := filepath.Abs(opts.bin)
+	logf := harness.Progress(progress)
+	binDir, err := harness.Binaries(opts.bin)
 	if err != nil {
 		return err
-	}
-	for _, name := range []string{"nodenet", "nodenet-cni"} {
-		if _, err := os.Stat(filepath.Join(binDir, name)); err != nil {
-			return fmt.Errorf("%w (run make build first)", err)
-		}
 	}
 	if opts.generator == genDNSPerf {
 		if opts.dnsperf, err = exec.LookPath(opts.dnsperf); err != nil {
@@ -205,13 +175,13 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 	}
 	if opts.clusterBin == "" {
 		logf("finding the cluster binaries (hack/cluster-bins.sh; the first build takes about 15 minutes)")
-		if opts.clusterBin, err = lastLine(ctx, progress, "hack/cluster-bins.sh"); err != nil {
+		if opts.clusterBin, err = harness.Built(ctx, progress, "hack/cluster-bins.sh"); err != nil {
 			return err
 		}
 	}
 	if opts.coredns == "" {
 		logf("finding CoreDNS (hack/coredns-bin.sh; the first build takes about 5 minutes)")
-		if opts.coredns, err = lastLine(ctx, progress, "hack/coredns-bin.sh"); err != nil {
+		if opts.coredns, err = harness.Built(ctx, progress, "hack/coredns-bin.sh"); err != nil {
 			return err
 		}
 	}
@@ -229,7 +199,7 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 		return err
 	}
 	var sides []*side
-	var up *netnsProc
+	var up *harness.NetnsProc
 	defer func() {
 		logf("removing the lab (processes, namespaces, files)")
 		for _, s := range sides {
@@ -362,16 +332,4 @@ func benchClient(cp *lab.ControlPlane) (kubernetes.Interface, error) {
 	rc.ContentType = "application/vnd.kubernetes.protobuf"
 	rc.UserAgent = "nodenet-bench-dns"
 	return kubernetes.NewForConfig(rc)
-}
-
-// lastLine runs a build script of hack/ and returns the last line it prints (what it built).
-func lastLine(ctx context.Context, progress io.Writer, script string) (string, error) {
-	cmd := exec.CommandContext(ctx, script)
-	cmd.Stderr = progress
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", script, err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1], nil
 }

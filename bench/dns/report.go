@@ -189,7 +189,7 @@ func (r *report) isUnavailable(side string) bool {
 func (r *report) roundsTable() summary.Table {
 	t := summary.Table{Header: []string{"Services", "round", "first", "side", "CPUs", "ready"}}
 	for _, m := range r.mixes {
-		t.Header = append(t.Header, m.name+": max QPS (unpaced)", "half: p50 / p99 / lost", fmt.Sprintf("%.0f/s: p50 / p99 / lost", r.opts.latencyRate))
+		t.Header = append(t.Header, m.name+": max QPS (unpaced)", "half: p50 / p99 / lost (generator lag)", fmt.Sprintf("%.0f/s: p50 / p99 / lost (generator lag)", r.opts.latencyRate))
 	}
 	t.Header = append(t.Header, "RSS warm / after / peak")
 	for _, size := range r.opts.scales {
@@ -209,18 +209,7 @@ func (r *report) roundsTable() summary.Table {
 						best = fmt.Sprintf("%.0f", c.best.qps)
 					}
 					cells = append(cells, fmt.Sprintf("%s (%.0f)", best, c.probe.qps))
-					half := ""
-					if len(mr.half.latencies) > 0 {
-						half = fmt.Sprintf("%s / %s / %d", us(summary.Percentile(mr.half.latencies, 50)),
-							us(summary.Percentile(mr.half.latencies, 99)), mr.half.lost)
-					}
-					cells = append(cells, half)
-					common := ""
-					if len(mr.common.latencies) > 0 {
-						common = fmt.Sprintf("%s / %s / %d", us(summary.Percentile(mr.common.latencies, 50)),
-							us(summary.Percentile(mr.common.latencies, 99)), mr.common.lost)
-					}
-					cells = append(cells, common)
+					cells = append(cells, latencyCell(mr.half), latencyCell(mr.common))
 				}
 				cells = append(cells, fmt.Sprintf("%s / %s / %s", summary.MiB(x.warm.rss), summary.MiB(x.end.rss), summary.MiB(x.end.hwm)))
 				t.Rows = append(t.Rows, cells)
@@ -307,4 +296,17 @@ func us(d time.Duration) string {
 		v = 0 // no "-0"
 	}
 	return fmt.Sprintf("%.0f µs", v)
+}
+
+// latencyCell shows a latency run's p50, p99 and lost queries, and how far the generator fell
+// behind its schedule when that was more than maxSendLag: a tail that may be the generator's.
+func latencyCell(run perfRun) string {
+	if len(run.latencies) == 0 {
+		return ""
+	}
+	cell := fmt.Sprintf("%s / %s / %d", us(summary.Percentile(run.latencies, 50)), us(summary.Percentile(run.latencies, 99)), run.lost)
+	if run.sendLag > maxSendLag {
+		cell += fmt.Sprintf(" (%s)", summary.Millis(run.sendLag))
+	}
+	return cell
 }

@@ -2,15 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
-	"syscall"
-	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -21,6 +16,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 
+	"github.com/nodenet/nodenet/bench/internal/harness"
 	"github.com/nodenet/nodenet/e2e/lab"
 )
 
@@ -33,134 +29,17 @@ const (
 	sideCoreDNS = "coredns"
 )
 
-// serverProc is one side's DNS server process, run in its node's namespace and started afresh
-// for every round.
-type serverProc interface {
-	Start() error
-	// Stop ends the process (SIGTERM, then SIGKILL) and waits for it; stopping a stopped
-	// process does nothing.
-	Stop() error
-	// PID is the server's own process ID while it runs, else 0.
-	PID() int
-	// Exited reports whether the process has ended on its own, with the tail of its log.
-	Exited() (bool, string)
-}
-
 // side is one DNS server under test: the node it runs on, its process, and the pod-like client
 // namespace the load comes from.
 type side struct {
 	name   string
 	node   *lab.Node
-	proc   serverProc
+	proc   harness.Proc
 	client *lab.Netns
 	// logPath is the server's log, inside the lab directory that Close removes.
 	logPath string
 	// unavailable says why the side could not be measured; its cells are left empty.
 	unavailable string
-}
-
-// netnsProc runs a program in a namespace as ip netns exec's child (which replaces itself with the
-// program, so the PID is the program's): CoreDNS, or the trivial responder.
-type netnsProc struct {
-	name         string
-	ns           *lab.Netns
-	argv         []string
-	dir, logPath string
-	mu           sync.Mutex
-	cmd          *exec.Cmd
-	done         chan struct{}
-}
-
-var _ serverProc = (*netnsProc)(nil)
-
-func (p *netnsProc) Start() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil {
-		return fmt.Errorf("%s already running", p.name)
-	}
-	f, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", p.ns.Name}, p.argv...)...)
-	cmd.Dir = p.dir
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return fmt.Errorf("start %s: %w", p.name, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		// The exit status of a stopped server is expected to be a signal.
-		_ = cmd.Wait()
-		f.Close()
-		close(done)
-	}()
-	p.cmd, p.done = cmd, done
-	return nil
-}
-
-func (p *netnsProc) Stop() error {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.cmd, p.done = nil, nil
-	p.mu.Unlock()
-	if cmd == nil {
-		return nil
-	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("stop %s (pid %d): %w", p.name, cmd.Process.Pid, err)
-	}
-	select {
-	case <-done:
-		return nil
-	case <-time.After(10 * time.Second):
-	}
-	if err := cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("kill %s (pid %d): %w", p.name, cmd.Process.Pid, err)
-	}
-	<-done
-	return nil
-}
-
-func (p *netnsProc) PID() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
-}
-
-func (p *netnsProc) Exited() (bool, string) {
-	p.mu.Lock()
-	done := p.done
-	p.mu.Unlock()
-	if done != nil {
-		select {
-		case <-done:
-		default:
-			return false, ""
-		}
-	}
-	return true, lab.Tail(p.logPath, 20)
-}
-
-// nodenetDaemon is the lab node's own `nodenet daemon`.
-type nodenetDaemon struct{ node *lab.Node }
-
-var _ serverProc = nodenetDaemon{}
-
-func (d nodenetDaemon) Start() error { return d.node.Start() }
-func (d nodenetDaemon) Stop() error  { return d.node.Stop() }
-func (d nodenetDaemon) PID() int     { return d.node.PID() }
-func (d nodenetDaemon) Exited() (bool, string) {
-	exited, err := d.node.Exited()
-	if !exited {
-		return false, ""
-	}
-	return true, fmt.Sprintf("(%v)\n%s", err, d.node.LogTail(20))
 }
 
 // corefile is NodeLocal DNSCache's configuration with the kubernetes plugin in place of its
@@ -211,7 +90,7 @@ func newCoreDNSSide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, bin s
 	}
 	log := filepath.Join(node.Dir, "coredns.log")
 	return &side{name: sideCoreDNS, node: node, client: client, logPath: log,
-		proc: &netnsProc{name: "coredns", ns: node.NS, argv: []string{bin, "-conf", path}, dir: node.Dir, logPath: log}}, nil
+		proc: &harness.NetnsProc{Name: "coredns", NS: node.NS, Argv: []string{bin, "-conf", path}, Dir: node.Dir, Log: log}}, nil
 }
 
 // coreDNSKubeconfig gives CoreDNS the identity a cluster gives it: a service account bound to the
@@ -277,7 +156,7 @@ func newNodenetSide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, index
 	if err != nil {
 		return nil, err
 	}
-	return &side{name: sideNodenet, node: node, client: client, proc: nodenetDaemon{node}, logPath: node.LogPath}, nil
+	return &side{name: sideNodenet, node: node, client: client, proc: harness.NodenetDaemon{Node: node}, logPath: node.LogPath}, nil
 }
 
 // newNodeClient makes the namespace the load comes from: a pod on the node, with the address

@@ -19,6 +19,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/nodenet/nodenet/bench/internal/harness"
 	"github.com/nodenet/nodenet/e2e/lab"
 )
 
@@ -49,17 +50,17 @@ type upstream struct {
 // answers a cache's refill promptly however busy the node is. (In the benchmark's own process,
 // under the fair scheduler beside two real-time programs, it answered so late under load that
 // CoreDNS's forwarder timed out.)
-func startUpstream(ctx context.Context, l *lab.Lab, outside *lab.Netns, opts options) (*netnsProc, error) {
+func startUpstream(ctx context.Context, l *lab.Lab, outside *lab.Netns, opts options) (*harness.NetnsProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	p := &netnsProc{name: "upstream", ns: outside, argv: []string{self, "upstream", "-names", strconv.Itoa(opts.externalNames)},
-		dir: l.Dir, logPath: filepath.Join(l.Dir, "upstream.log")}
+	p := &harness.NetnsProc{Name: "upstream", NS: outside, Argv: []string{self, "upstream", "-names", strconv.Itoa(opts.externalNames)},
+		Dir: l.Dir, Log: filepath.Join(l.Dir, "upstream.log")}
 	if err := onCPU(opts.loadCPU, opts.sched, p.Start); err != nil {
 		return nil, err
 	}
-	probe := &side{name: p.name, client: outside, proc: p}
+	probe := &side{name: p.Name, client: outside, proc: p}
 	_, err = probe.waitFor(ctx, 10*time.Second, func() error {
 		qctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 		defer cancel()
@@ -82,11 +83,11 @@ func startUpstream(ctx context.Context, l *lab.Lab, outside *lab.Netns, opts opt
 
 // upstreamQueries stops the upstream and reads how many queries it answered from the last line
 // of its log ("queries N").
-func upstreamQueries(p *netnsProc) (int64, error) {
+func upstreamQueries(p *harness.NetnsProc) (int64, error) {
 	if err := p.Stop(); err != nil {
 		return 0, err
 	}
-	last := lab.Tail(p.logPath, 1)
+	last := lab.Tail(p.Log, 1)
 	n, err := strconv.ParseInt(strings.TrimPrefix(last, "queries "), 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("upstream log: %q: %w", last, err)

@@ -29,17 +29,15 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/nodenet/nodenet/bench/internal/harness"
 	"github.com/nodenet/nodenet/bench/internal/summary"
 	"github.com/nodenet/nodenet/e2e/lab"
 )
@@ -93,7 +91,7 @@ func benchMain() int {
 	flag.DurationVar(&opts.grace, "grace", time.Minute, "a side whose Service map does not exist this long after its first start is not available")
 	flag.Parse()
 	var err error
-	if opts.scales, err = parseInts(scales); err != nil {
+	if opts.scales, err = harness.ParseCounts(scales); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/proxy: --scales:", err)
 		return 2
 	}
@@ -108,51 +106,23 @@ func benchMain() int {
 		fmt.Fprintln(os.Stderr, "bench/proxy: --rounds, --connect-services, --changes, --connects and --workers must be at least 1")
 		return 2
 	}
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "bench/proxy: needs root to create network namespaces (run: sudo make bench-proxy)")
-		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, opts, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "bench/proxy:", err)
-		return 1
-	}
-	return 0
-}
-
-func parseInts(s string) ([]int, error) {
-	var out []int
-	for f := range strings.SplitSeq(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("%q is not a positive count", f)
-		}
-		out = append(out, n)
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
+	return harness.Main("bench/proxy", "bench-proxy", func(ctx context.Context) error {
+		return run(ctx, opts, os.Stdout, os.Stderr)
+	})
 }
 
 // run builds the cluster and both sides, measures every size, and writes the report to out;
 // progress goes to progress.
 func run(ctx context.Context, opts options, out, progress io.Writer) (err error) {
 	started := time.Now()
-	logf := func(format string, args ...any) {
-		fmt.Fprintf(progress, "[%6.1fs] %s\n", time.Since(started).Seconds(), fmt.Sprintf(format, args...))
-	}
-	binDir, err := filepath.Abs(opts.bin)
+	logf := harness.Progress(progress)
+	binDir, err := harness.Binaries(opts.bin)
 	if err != nil {
 		return err
 	}
-	for _, name := range []string{"nodenet", "nodenet-cni"} {
-		if _, err := os.Stat(filepath.Join(binDir, name)); err != nil {
-			return fmt.Errorf("%w (run make build first)", err)
-		}
-	}
 	if opts.clusterBin == "" {
 		logf("finding the cluster binaries (hack/cluster-bins.sh; the first build takes about 15 minutes)")
-		if opts.clusterBin, err = clusterBins(ctx, progress); err != nil {
+		if opts.clusterBin, err = harness.Built(ctx, progress, "hack/cluster-bins.sh"); err != nil {
 			return err
 		}
 	}
@@ -348,16 +318,4 @@ func benchClient(cp *lab.ControlPlane) (kubernetes.Interface, error) {
 	rc.ContentType = "application/vnd.kubernetes.protobuf"
 	rc.UserAgent = "nodenet-bench-proxy"
 	return kubernetes.NewForConfig(rc)
-}
-
-// clusterBins runs hack/cluster-bins.sh and returns the directory it prints last.
-func clusterBins(ctx context.Context, progress io.Writer) (string, error) {
-	cmd := exec.CommandContext(ctx, "hack/cluster-bins.sh")
-	cmd.Stderr = progress
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("hack/cluster-bins.sh: %w", err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1], nil
 }

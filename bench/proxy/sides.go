@@ -2,14 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
-	"syscall"
-	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -21,28 +16,16 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/nodenet/nodenet/bench/internal/harness"
 	"github.com/nodenet/nodenet/e2e/lab"
 )
-
-// proxyProc is one side's proxy process, run in its node's namespace and started afresh for
-// every cold start.
-type proxyProc interface {
-	Start() error
-	// Stop ends the process (SIGTERM, then SIGKILL) and waits for it; stopping a stopped
-	// process does nothing.
-	Stop() error
-	// PID is the proxy's own process ID while it runs, else 0.
-	PID() int
-	// Exited reports whether the process has ended on its own, with the tail of its log.
-	Exited() (bool, string)
-}
 
 // side is one Service proxy under test: the node it runs on, where its rules are, and the client
 // and backend namespaces wired to that node for connect latency.
 type side struct {
 	name  string
 	node  *lab.Node
-	proc  proxyProc
+	proc  harness.Proc
 	rules ruleset
 	topo  *topology
 	// metricsAddr serves Prometheus metrics inside the node namespace; programmingMetric is
@@ -64,128 +47,6 @@ const (
 	sideNodenet   = "nodenet"
 	sideKubeProxy = "kube-proxy"
 )
-
-// kubeProxy runs the kube-proxy binary in a node namespace, as ip netns exec's child (which
-// replaces itself with kube-proxy, so the PID is kube-proxy's).
-type kubeProxy struct {
-	ns               *lab.Netns
-	bin, config, log string
-	mu               sync.Mutex
-	cmd              *exec.Cmd
-	done             chan struct{}
-}
-
-var _ proxyProc = (*kubeProxy)(nil)
-
-func (k *kubeProxy) Start() error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.cmd != nil {
-		return errors.New("kube-proxy already running")
-	}
-	f, err := os.OpenFile(k.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command("ip", "netns", "exec", k.ns.Name, k.bin, "--config", k.config)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return fmt.Errorf("start kube-proxy: %w", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		// The exit status of a stopped kube-proxy is expected to be a signal.
-		_ = cmd.Wait()
-		f.Close()
-		close(done)
-	}()
-	k.cmd, k.done = cmd, done
-	return nil
-}
-
-func (k *kubeProxy) Stop() error {
-	k.mu.Lock()
-	cmd, done := k.cmd, k.done
-	k.cmd, k.done = nil, nil
-	k.mu.Unlock()
-	if cmd == nil {
-		return nil
-	}
-	return stopProcess(cmd.Process, done, "kube-proxy")
-}
-
-func (k *kubeProxy) PID() int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.cmd == nil {
-		return 0
-	}
-	return k.cmd.Process.Pid
-}
-
-func (k *kubeProxy) Exited() (bool, string) {
-	k.mu.Lock()
-	done := k.done
-	k.mu.Unlock()
-	if done == nil {
-		return true, lab.Tail(k.log, 20)
-	}
-	select {
-	case <-done:
-		return true, lab.Tail(k.log, 20)
-	default:
-		return false, ""
-	}
-}
-
-// stopProcess sends SIGTERM to p, then SIGKILL after ten seconds, and waits for done.
-func stopProcess(p *os.Process, done <-chan struct{}, name string) error {
-	if err := p.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("stop %s (pid %d): %w", name, p.Pid, err)
-	}
-	select {
-	case <-done:
-		return nil
-	case <-time.After(10 * time.Second):
-	}
-	if err := p.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("kill %s (pid %d): %w", name, p.Pid, err)
-	}
-	<-done
-	return nil
-}
-
-// nodenetDaemon is the lab node's own `nodenet daemon`. memoryLimit, when set, is its GOMEMLIMIT,
-// as deploy/ would set it from the container's memory limit.
-type nodenetDaemon struct {
-	node        *lab.Node
-	memoryLimit string
-}
-
-var _ proxyProc = nodenetDaemon{}
-
-// Start starts the daemon. The lab starts it with the benchmark's own environment, so a memory
-// limit is put there only while the daemon starts: the control plane and kube-proxy never get it.
-func (d nodenetDaemon) Start() error {
-	if d.memoryLimit == "" {
-		return d.node.Start()
-	}
-	if err := os.Setenv("GOMEMLIMIT", d.memoryLimit); err != nil {
-		return err
-	}
-	defer os.Unsetenv("GOMEMLIMIT")
-	return d.node.Start()
-}
-func (d nodenetDaemon) Stop() error { return d.node.Stop() }
-func (d nodenetDaemon) PID() int    { return d.node.PID() }
-func (d nodenetDaemon) Exited() (bool, string) {
-	exited, err := d.node.Exited()
-	if !exited {
-		return false, ""
-	}
-	return true, fmt.Sprintf("(%v)\n%s", err, d.node.LogTail(20))
-}
 
 // newKubeProxySide joins a node for kube-proxy and writes its identity and configuration. The
 // node's nodenet daemon is never started.
@@ -214,7 +75,7 @@ func newKubeProxySide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, bin
 	log := filepath.Join(node.Dir, "kube-proxy.log")
 	return &side{
 		name: sideKubeProxy, node: node, rules: kubeProxyRules, topo: topo, logPath: log,
-		proc:        &kubeProxy{ns: node.NS, bin: filepath.Join(binDir, "kube-proxy"), config: config, log: log},
+		proc:        &harness.NetnsProc{Name: "kube-proxy", NS: node.NS, Argv: []string{filepath.Join(binDir, "kube-proxy"), "--config", config}, Log: log},
 		metricsAddr: "127.0.0.1:10249", programmingMetric: "kubeproxy_network_programming_duration_seconds",
 	}, nil
 }
@@ -297,7 +158,7 @@ func newNodenetSide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, index
 		return nil, err
 	}
 	return &side{
-		name: sideNodenet, node: node, rules: nodenetRules, topo: topo, proc: nodenetDaemon{node, memoryLimit}, logPath: node.LogPath,
+		name: sideNodenet, node: node, rules: nodenetRules, topo: topo, proc: harness.NodenetDaemon{Node: node, MemoryLimit: memoryLimit}, logPath: node.LogPath,
 		metricsAddr: "127.0.0.1:9310", programmingMetric: "nodenet_proxy_network_programming_duration_seconds",
 	}, nil
 }

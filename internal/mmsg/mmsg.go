@@ -84,17 +84,12 @@ func (r *Reader) Read(rc syscall.RawConn) (int, error) {
 }
 
 func (r *Reader) recv(fd uintptr) bool {
-	for {
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), unix.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false // wait until the socket is readable
-		}
-		r.n, r.errno = int(n), errno
-		return true
+	n, errno, again := call(unix.SYS_RECVMMSG, fd, r.hdrs)
+	if again {
+		return false // wait until the socket is readable
 	}
+	r.n, r.errno = n, errno
+	return true
 }
 
 // Payload is datagram i of the last Read. A datagram longer than the buffer is cut short.
@@ -173,15 +168,25 @@ func (w *Writer) Flush(rc syscall.RawConn) error {
 }
 
 func (w *Writer) send(fd uintptr) bool {
+	n, errno, again := call(unix.SYS_SENDMMSG, fd, w.hdrs[w.off:w.queued])
+	if again {
+		return false // wait until the socket is writable
+	}
+	w.sent, w.errno = n, errno
+	return true
+}
+
+// call makes one recvmmsg or sendmmsg (trap) over hdrs without blocking, again when interrupted;
+// again is true when the socket has nothing to read or no room to write.
+func call(trap, fd uintptr, hdrs []header) (n int, errno syscall.Errno, again bool) {
 	for {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[w.off])), uintptr(w.queued-w.off), unix.MSG_DONTWAIT, 0, 0)
+		r, _, errno := unix.Syscall6(trap, fd, uintptr(unsafe.Pointer(&hdrs[0])), uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false // wait until the socket is writable
+			return 0, 0, true
 		}
-		w.sent, w.errno = int(n), errno
-		return true
+		return int(r), errno, false
 	}
 }
