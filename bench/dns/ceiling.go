@@ -40,7 +40,7 @@ func generatorCeiling(ctx context.Context, l *lab.Lab, opts options, logf func(s
 	if err != nil {
 		return capacity{}, perfRun{}, err
 	}
-	echo := &harness.NetnsProc{Name: "trivial responder", NS: srv, Argv: []string{self, "echo"}, Dir: l.Dir, Log: filepath.Join(l.Dir, "echo.log")}
+	echo := &harness.NetnsProc{Name: "trivial responder", Lab: l, NS: srv, Argv: []string{self, "echo"}, Log: filepath.Join(l.Dir, "echo.log")}
 	if err := onCPU(opts.serverCPU, opts.sched, echo.Start); err != nil {
 		return capacity{}, perfRun{}, err
 	}

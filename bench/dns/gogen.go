@@ -240,10 +240,7 @@ func generate(cfg genConfig, queries [][]byte) (genResult, error) {
 	pending := make([][]int64, cfg.sockets) // by socket and ID: when it was sent, 0 if not in flight
 	for i := range pending {
 		pending[i] = make([]int64, 1<<16)
-		for j := range pending[i] {
-			pending[i][j] = -1 // fault the pages in now, not while the clock runs
-		}
-		clear(pending[i])
+		clear(pending[i]) // writing faults the pages in now, not while the clock runs
 	}
 	nextID := make([]uint16, cfg.sockets)
 	// In flight or answered, oldest first; answered ones are dropped at the head. Room for the

@@ -90,7 +90,7 @@ func newCoreDNSSide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, bin s
 	}
 	log := filepath.Join(node.Dir, "coredns.log")
 	return &side{name: sideCoreDNS, node: node, client: client, logPath: log,
-		proc: &harness.NetnsProc{Name: "coredns", NS: node.NS, Argv: []string{bin, "-conf", path}, Dir: node.Dir, Log: log}}, nil
+		proc: &harness.NetnsProc{Name: "coredns", Lab: l, NS: node.NS, Argv: []string{bin, "-conf", path}, Log: log}}, nil
 }
 
 // coreDNSKubeconfig gives CoreDNS the identity a cluster gives it: a service account bound to the

@@ -55,8 +55,8 @@ func startUpstream(ctx context.Context, l *lab.Lab, outside *lab.Netns, opts opt
 	if err != nil {
 		return nil, err
 	}
-	p := &harness.NetnsProc{Name: "upstream", NS: outside, Argv: []string{self, "upstream", "-names", strconv.Itoa(opts.externalNames)},
-		Dir: l.Dir, Log: filepath.Join(l.Dir, "upstream.log")}
+	p := &harness.NetnsProc{Name: "upstream", Lab: l, NS: outside, Argv: []string{self, "upstream", "-names", strconv.Itoa(opts.externalNames)},
+		Log: filepath.Join(l.Dir, "upstream.log")}
 	if err := onCPU(opts.loadCPU, opts.sched, p.Start); err != nil {
 		return nil, err
 	}

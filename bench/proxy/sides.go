@@ -75,7 +75,7 @@ func newKubeProxySide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, bin
 	log := filepath.Join(node.Dir, "kube-proxy.log")
 	return &side{
 		name: sideKubeProxy, node: node, rules: kubeProxyRules, topo: topo, logPath: log,
-		proc:        &harness.NetnsProc{Name: "kube-proxy", NS: node.NS, Argv: []string{filepath.Join(binDir, "kube-proxy"), "--config", config}, Log: log},
+		proc:        &harness.NetnsProc{Name: "kube-proxy", Lab: l, NS: node.NS, Argv: []string{filepath.Join(binDir, "kube-proxy"), "--config", config}, Log: log},
 		metricsAddr: "127.0.0.1:10249", programmingMetric: "kubeproxy_network_programming_duration_seconds",
 	}, nil
 }

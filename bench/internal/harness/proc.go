@@ -1,13 +1,9 @@
 package harness
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"sync"
-	"syscall"
-	"time"
 
 	"github.com/nodenet/nodenet/e2e/lab"
 )
@@ -61,50 +57,33 @@ func (d NodenetDaemon) Exited() (bool, string) {
 	return true, fmt.Sprintf("(%v)\n%s", err, d.Node.LogTail(20))
 }
 
-// stopGrace is how long a stopped process has between SIGTERM and SIGKILL.
-const stopGrace = 10 * time.Second
-
-// NetnsProc is a program run in a namespace as ip netns exec's child (which replaces itself with
-// the program, so the PID is the program's), started afresh every round: kube-proxy, CoreDNS, a
-// trivial responder. Its output is appended to Log.
+// NetnsProc is a program run in a namespace, started afresh every round: kube-proxy, CoreDNS, a
+// trivial responder. Each run is a process of the lab (lab.StartProcess), which ends it at the
+// latest when the lab closes; its output is appended to Log.
 type NetnsProc struct {
 	Name string
+	Lab  *lab.Lab
 	NS   *lab.Netns
 	Argv []string
-	Dir  string // working directory; "" is the benchmark's
 	Log  string
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc *lab.Process // the current run; nil when stopped
 }
 
 // Start starts the program; it must not be running.
 func (p *NetnsProc) Start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd != nil {
+	if p.proc != nil {
 		return fmt.Errorf("%s already running", p.Name)
 	}
-	f, err := os.OpenFile(p.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	// ip netns exec replaces itself with the program, so the PID is the program's.
+	proc, err := p.Lab.StartProcess(p.Name, p.Log, append([]string{"ip", "netns", "exec", p.NS.Name}, p.Argv...)...)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", p.NS.Name}, p.Argv...)...)
-	cmd.Dir = p.Dir
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return fmt.Errorf("start %s: %w", p.Name, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		// The exit status of a stopped program is expected to be a signal.
-		_ = cmd.Wait()
-		f.Close()
-		close(done)
-	}()
-	p.cmd, p.done = cmd, done
+	p.proc = proc
 	return nil
 }
 
@@ -112,55 +91,33 @@ func (p *NetnsProc) Start() error {
 // a stopped program does nothing.
 func (p *NetnsProc) Stop() error {
 	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.cmd, p.done = nil, nil
+	proc := p.proc
+	p.proc = nil
 	p.mu.Unlock()
-	if cmd == nil {
+	if proc == nil {
 		return nil
 	}
-	return stop(cmd.Process, done, p.Name)
+	return proc.Stop()
 }
 
 // PID is the program's process ID while it runs, else 0.
 func (p *NetnsProc) PID() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd == nil {
+	if p.proc == nil {
 		return 0
 	}
-	return p.cmd.Process.Pid
+	return p.proc.PID()
 }
 
 // Exited reports whether the program has ended on its own (or was never started), with the tail
 // of its log.
 func (p *NetnsProc) Exited() (bool, string) {
 	p.mu.Lock()
-	done := p.done
+	proc := p.proc
 	p.mu.Unlock()
-	if done != nil {
-		select {
-		case <-done:
-		default:
-			return false, ""
-		}
+	if proc != nil && !proc.Exited() {
+		return false, ""
 	}
 	return true, lab.Tail(p.Log, 20)
-}
-
-// stop sends SIGTERM to proc, then SIGKILL after a grace period, and waits until done is closed
-// (by whoever waits for the process).
-func stop(proc *os.Process, done <-chan struct{}, name string) error {
-	if err := proc.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("stop %s (pid %d): %w", name, proc.Pid, err)
-	}
-	select {
-	case <-done:
-		return nil
-	case <-time.After(stopGrace):
-	}
-	if err := proc.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("kill %s (pid %d): %w", name, proc.Pid, err)
-	}
-	<-done
-	return nil
 }
