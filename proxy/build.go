@@ -333,6 +333,8 @@ type backend struct {
 	port  int32
 	chain string // with affinity only
 	set   string // affinity set, "" without affinity
+	// hairpin: the endpoint may be the client of its own Service on this node (mayHairpin).
+	hairpin bool
 }
 
 func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
@@ -419,7 +421,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	mk := func(eps []Endpoint) []backend {
 		var out []backend
 		for _, ep := range eps {
-			be := backend{addr: ep.Addr, port: ep.Ports[p.Name]}
+			be := backend{addr: ep.Addr, port: ep.Ports[p.Name], hairpin: b.mayHairpin(ep, f)}
 			if affinity {
 				// Only affinity needs a chain and a set per backend; naming
 				// them hashes, which is most of a large Service's build.
@@ -442,7 +444,9 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	for _, be := range used {
 		// A pod reaching itself through the Service must be masqueraded,
 		// or it would answer itself directly; postrouting checks the pair.
-		b.frag.Pairs = append(b.frag.Pairs, be.addr)
+		if be.hairpin {
+			b.frag.Pairs = append(b.frag.Pairs, be.addr)
+		}
 		if !affinity || b.seen[be.set] {
 			continue
 		}
@@ -550,6 +554,25 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 		)
 		b.addChain(Chain{Name: n.noLocal, Rules: rules})
 	}
+}
+
+// mayHairpin says whether ep can be the source of a packet this node DNATs back to ep. A pod
+// of another node cannot: its own node's proxy translates its Service traffic before routing,
+// so it never reaches this node with a Service address. Every other endpoint can — one of this
+// node, one whose node is not known, and one outside the cluster's pod ranges (a host-network
+// pod, an address of a hand-written EndpointSlice) — as can any when the ranges are unknown.
+// Leaving other nodes' pods out keeps the hairpin sets to this node's share of the endpoints
+// instead of one element per endpoint of the cluster.
+func (b *builder) mayHairpin(ep Endpoint, f Family) bool {
+	if ep.NodeName == "" || ep.NodeName == b.facts.Node.Name {
+		return true
+	}
+	for _, c := range prefixesOf(b.facts.ClusterCIDRs, f) {
+		if c.Contains(ep.Addr) {
+			return false
+		}
+	}
+	return true
 }
 
 // categorize returns the endpoints of one Service port, family f, usable

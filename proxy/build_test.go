@@ -146,6 +146,35 @@ func TestBuildNodePortFamilies(t *testing.T) {
 	}
 }
 
+// Only an endpoint that can send to its own Service through this node gets a hairpin pair.
+func TestBuildHairpinPairs(t *testing.T) {
+	svc := Service{Namespace: "ns", Name: "web", ClusterIPs: []netip.Addr{a("172.30.0.10")}, Ports: httpPort(0)}
+	eps := []Endpoint{
+		ep("10.0.1.1", nodeA, http8080()),      // a pod of this node
+		ep("10.0.2.1", nodeB, http8080()),      // another node's pod: its node translates its traffic
+		ep("10.0.3.1", "", http8080()),         // node unknown
+		ep("192.168.0.11", nodeB, http8080()),  // host network, outside the pod ranges
+		ep("fd00:0:0:2::1", nodeB, http8080()), // another family: not this port's
+	}
+	tests := []struct {
+		name  string
+		cidrs []netip.Prefix
+		want  []netip.Addr
+	}{
+		{"pod ranges known", []netip.Prefix{pf("10.0.0.0/16")}, []netip.Addr{a("10.0.1.1"), a("10.0.3.1"), a("192.168.0.11")}},
+		{"pod ranges unknown", nil, []netip.Addr{a("10.0.1.1"), a("10.0.2.1"), a("10.0.3.1"), a("192.168.0.11")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			facts := Facts{Node: Node{Name: nodeA}, ClusterCIDRs: tc.cidrs}
+			got := BuildService(facts, svc, eps).Pairs
+			if diff := cmp.Diff(tc.want, got, cmp.Comparer(func(x, y netip.Addr) bool { return x == y })); diff != "" {
+				t.Errorf("pairs (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestFromObjects(t *testing.T) {
 	meta := func(name string, labels map[string]string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: labels}

@@ -99,23 +99,23 @@ func TestSyncerTransactionSize(t *testing.T) {
 	}
 
 	// One new Service: its 2 chains (service, external), their 4 rules,
-	// 2 map elements (ClusterIP, NodePort), 2 hairpin pairs.
+	// 2 map elements (ClusterIP, NodePort), 1 hairpin pair (its endpoint on
+	// this node; the other node's pod cannot hairpin here).
 	res = mustSync(t, s, manyServices(1000, 1))
-	if res.Full || res.Batches != 1 || res.Ops != 10 {
-		t.Errorf("adding one Service to 1000: %+v, want 10 objects in one partial batch", res)
+	if res.Full || res.Batches != 1 || res.Ops != 9 {
+		t.Errorf("adding one Service to 1000: %+v, want 9 objects in one partial batch", res)
 	}
-	// One endpoint gone: the service chain rewritten (flush + 2 rules),
-	// its hairpin pair deleted.
+	// One endpoint gone: the service chain rewritten (flush + 2 rules).
 	k := ServiceKey{"bench", "svc-00007"}
 	in, _ := s.Input(k)
 	in.Endpoints = in.Endpoints[:1]
-	if res := mustSync(t, s, map[ServiceKey]InputSource{k: &in}); res.Ops != 4 || res.Batches != 1 {
-		t.Errorf("removing one endpoint: %+v, want 4 objects in one batch", res)
+	if res := mustSync(t, s, map[ServiceKey]InputSource{k: &in}); res.Ops != 3 || res.Batches != 1 {
+		t.Errorf("removing one endpoint: %+v, want 3 objects in one batch", res)
 	}
-	// A Service deleted: 2 map elements and 2 hairpin pairs deleted, 2
+	// A Service deleted: 2 map elements and 1 hairpin pair deleted, 2
 	// chains flushed and deleted.
-	if res := mustSync(t, s, map[ServiceKey]InputSource{{"bench", "svc-00008"}: nil}); res.Ops != 8 {
-		t.Errorf("deleting one Service: %+v, want 8 objects", res)
+	if res := mustSync(t, s, map[ServiceKey]InputSource{{"bench", "svc-00008"}: nil}); res.Ops != 7 {
+		t.Errorf("deleting one Service: %+v, want 7 objects", res)
 	}
 	checkLedger(t, s)
 
@@ -246,8 +246,8 @@ func TestSyncerRejectsBrokenServiceAlone(t *testing.T) {
 	if err := s.Rejected()[ServiceKey{"ns", "bad"}]; err == nil || !strings.Contains(err.Error(), `unknown protocol "dccp"`) {
 		t.Errorf("rejected: %v, want ns/bad for its protocol", s.Rejected())
 	}
-	if n := s.pairs.len(); n != 6 {
-		t.Errorf("%d hairpin pairs written, want the 3 good Services' 6", n)
+	if n := s.pairs.len(); n != 3 {
+		t.Errorf("%d hairpin pairs written, want the 3 good Services' 3 on this node", n)
 	}
 	written := map[elemKey]string{}
 	for _, d := range s.ledger {
