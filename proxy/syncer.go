@@ -90,6 +90,9 @@ func factsEqual(a, b Facts) bool {
 		slices.Equal(a.ClusterCIDRs, b.ClusterCIDRs) && a.MasqueradeAll == b.MasqueradeAll
 }
 
+// Len is the number of Services the Syncer holds.
+func (s *Syncer) Len() int { return len(s.inputs) }
+
 // Input returns the current input of a Service.
 func (s *Syncer) Input(k ServiceKey) (ServiceInput, bool) {
 	src, ok := s.inputs[k]

@@ -20,7 +20,7 @@ import (
 )
 
 // benchWorld is the Service benchmark's world (bench/proxy): n ClusterIP Services with one TCP
-// port and ten ready endpoints each, no NodePort, as the hub caches them.
+// port and ten ready endpoints each, pods of other nodes, no NodePort, as the hub caches them.
 func benchWorld(n int) map[ServiceKey]InputSource {
 	out := make(map[ServiceKey]InputSource, n)
 	for i := range n {
@@ -36,6 +36,7 @@ func benchWorld(n int) map[ServiceKey]InputSource {
 			e := i*10 + j
 			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{
 				Addresses:  []string{netip.AddrFrom4([4]byte{10, byte(128 + e>>16), byte(e >> 8), byte(e)}).String()},
+				NodeName:   ptr.To(fmt.Sprintf("pods-%d", byte(e>>8))),
 				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
 		}
 		src, _ := FromHub(hub.ServiceOf(svc), []*hub.EndpointSlice{hub.EndpointSliceOf(sl)})

@@ -174,9 +174,17 @@ func (w *workload) create(ctx context.Context, i int) (*service, error) {
 	return &service{name: name, vip: vip, slice: sl}, nil
 }
 
+// readyEndpoint is a ready endpoint at a. A pod address names its node, as the endpointslice
+// controller writes it: the node whose /24 pod range holds it, never the benchmark's own node
+// (10.244.0.0/24). The connect Services' real listeners name none.
 func readyEndpoint(a netip.Addr) discoveryv1.Endpoint {
+	var node *string
+	if a.As4()[2] != backendGW.As4()[2] {
+		node = ptr.To(fmt.Sprintf("pods-%d", a.As4()[2]))
+	}
 	return discoveryv1.Endpoint{
 		Addresses: []string{a.String()},
+		NodeName:  node,
 		Conditions: discoveryv1.EndpointConditions{
 			Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false),
 		},

@@ -53,15 +53,21 @@ type Config struct {
 // by returning freed memory to the system.
 const bigWorld = 1000
 
-// fullSyncGCPercent paces the garbage collector through the syncs that are
-// full. They keep the whole world's inputs live while they stream netlink
-// messages that each live for one batch; at the default of 100 the heap grows
-// to twice the live heap before every collection, most of the daemon's peak
-// memory at 10,000 Services. At 50 that peak is about 15 MB lower, for a
-// cold start's CPU time within the noise of the benchmark. Drift checks keep
-// the default: lowering GOGC starts a collection at once when the heap is
-// past the new goal, and most checks have nothing to do.
-const fullSyncGCPercent = 50
+// fullSyncGCPercent paces the garbage collector through the full syncs of a
+// world of pacedWorld Services or more. They keep the whole world's inputs
+// live while they stream netlink messages that each live for one batch; at
+// the default of 100 the heap grows to twice the live heap before every
+// collection, most of the daemon's peak memory at 10,000 Services. At 50 that
+// peak is about 15 MB lower, for a cold start's CPU time within the noise of
+// the benchmark. A smaller world's heap is small whatever the setting, and
+// there the extra collections are what costs: a full sync of 1,000 Services
+// took 494 ms at 50 and 388–431 ms at 100 (BenchmarkSyncerColdStart). Drift
+// checks keep the default: lowering GOGC starts a collection at once when the
+// heap is past the new goal, and most checks have nothing to do.
+const (
+	fullSyncGCPercent = 50
+	pacedWorld        = 5000
+)
 
 // forceReadEvery makes every so many drift checks read the tables even if
 // the nftables generation says nobody wrote since the last sync.
@@ -166,7 +172,7 @@ func (r *runner) sync() error {
 			udp = hasDatagramPort(old.Service) || (src != nil && hasDatagramPort(proxy.ServiceOf(src)))
 		}
 	}
-	if r.Syncer.FullNext() {
+	if r.Syncer.FullNext() && max(len(changed), r.Syncer.Len()) >= pacedWorld {
 		defer paceGC()()
 	}
 	start := time.Now()
