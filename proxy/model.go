@@ -69,6 +69,10 @@ const (
 	// packet whose source and (translated) destination are the same listed
 	// address, i.e. a pod that reached itself through a Service.
 	FieldAddrPair Field = "saddr . daddr"
+	// FieldServiceKey is daddr . meta l4proto . th dport looked up in
+	// Match.Set, a set keyed as the Service maps are: it holds for a packet
+	// to one of the listed Service addresses and ports.
+	FieldServiceKey Field = "daddr . meta l4proto . th dport"
 )
 
 // Match tests one packet field. Neg inverts it. For address fields exactly

@@ -385,6 +385,15 @@ func (tr *translator) matchExprs(m Match) ([]expr.Any, error) {
 			return nil, err
 		}
 		return append(load, &expr.Lookup{SourceRegister: 1, SetName: m.Set, Invert: m.Neg}), nil
+	case FieldServiceKey:
+		if m.Set == "" {
+			return nil, fmt.Errorf("service key match without set")
+		}
+		load, err := keyLoad(m.Family, keyAddrProtoPort)
+		if err != nil {
+			return nil, err
+		}
+		return append(load, &expr.Lookup{SourceRegister: 1, SetName: m.Set, Invert: m.Neg}), nil
 	}
 	return nil, fmt.Errorf("unknown field %q", m.Field)
 }
@@ -580,7 +589,7 @@ func ownedName(name string) bool {
 	}
 	for _, f := range families {
 		switch name {
-		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f), setHairpin(f), chainNodePorts(f):
+		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f), setHairpin(f), setClusterIPs(f), chainNodePorts(f):
 			return true
 		}
 	}

@@ -95,7 +95,7 @@ func (c pairCounts) keys() iter.Seq[pairKey] {
 func (s *Syncer) pairChanges(have *Digest) (add, del []pairKey) {
 	there := map[pairKey]bool{}
 	for ek := range have.Elems {
-		if !mapDefs[ek.Map].Plain {
+		if !isHairpinSet(ek.Map) {
 			continue
 		}
 		delete(have.Elems, ek)
@@ -114,6 +114,10 @@ func (s *Syncer) pairChanges(have *Digest) (add, del []pairKey) {
 	slices.SortFunc(del, comparePairs)
 	return add, del
 }
+
+// isHairpinSet says whether a set holds hairpin pairs, which the Syncer counts and writes apart
+// from the Model's elements.
+func isHairpinSet(name string) bool { return name == setHairpin(IPv4) || name == setHairpin(IPv6) }
 
 func comparePairs(a, b pairKey) int { return bytes.Compare(a[:], b[:]) }
 

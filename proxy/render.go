@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -51,14 +52,18 @@ func (m Model) String() string {
 			sb.WriteString("\t\telements = {\n")
 			for _, e := range vm.Elements {
 				var parts []string
-				if vm.Plain {
+				switch {
+				case slices.Equal(vm.Key, keyAddrPair):
 					fmt.Fprintf(&sb, "\t\t\t%s . %s", e.Key.Addr, e.Key.Addr)
-				} else {
+				default:
 					if e.Key.Addr.IsValid() {
 						parts = append(parts, e.Key.Addr.String())
 					}
 					parts = append(parts, string(e.Key.Proto), fmt.Sprint(e.Key.Port))
-					fmt.Fprintf(&sb, "\t\t\t%s : %s", strings.Join(parts, " . "), e.Verdict.render())
+					fmt.Fprintf(&sb, "\t\t\t%s", strings.Join(parts, " . "))
+					if !vm.Plain {
+						fmt.Fprintf(&sb, " : %s", e.Verdict.render())
+					}
 				}
 				if e.Comment != "" {
 					fmt.Fprintf(&sb, " comment %q", e.Comment)
@@ -126,6 +131,8 @@ func (m Match) String() string {
 		return "meta nfproto " + neg + familyName(m.Family)
 	case FieldAddrPair:
 		return fmt.Sprintf("%s %s@%s", keyExpr(m.Family, []Field{FieldSaddr, FieldDaddr}), neg, m.Set)
+	case FieldServiceKey:
+		return fmt.Sprintf("%s %s@%s", keyExpr(m.Family, keyAddrProtoPort), neg, m.Set)
 	}
 	return fmt.Sprintf("<%s?>", m.Field)
 }

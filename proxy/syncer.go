@@ -504,7 +504,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 			l.Sets[st.Name] = setDigestOf(st)
 		}
 		for ek, e := range w.elems {
-			if !mapDefs[ek.Map].Plain {
+			if !isHairpinSet(ek.Map) {
 				l.Elems[ek] = e.Verdict.render()
 			}
 		}

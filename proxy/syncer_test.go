@@ -98,24 +98,25 @@ func TestSyncerTransactionSize(t *testing.T) {
 		t.Errorf("unchanged inputs sent %+v", res)
 	}
 
-	// One new Service: its 2 chains (service, external), their 4 rules,
-	// 2 map elements (ClusterIP, NodePort), 1 hairpin pair (its endpoint on
-	// this node; the other node's pod cannot hairpin here).
+	// One new Service: its 2 chains (service, external), their 3 rules,
+	// 3 map elements (ClusterIP, NodePort, the ClusterIP key to masquerade
+	// from off-cluster sources), 1 hairpin pair (its endpoint on this node;
+	// the other node's pod cannot hairpin here).
 	res = mustSync(t, s, manyServices(1000, 1))
 	if res.Full || res.Batches != 1 || res.Ops != 9 {
 		t.Errorf("adding one Service to 1000: %+v, want 9 objects in one partial batch", res)
 	}
-	// One endpoint gone: the service chain rewritten (flush + 2 rules).
+	// One endpoint gone: the service chain rewritten (flush + its rule).
 	k := ServiceKey{"bench", "svc-00007"}
 	in, _ := s.Input(k)
 	in.Endpoints = in.Endpoints[:1]
-	if res := mustSync(t, s, map[ServiceKey]InputSource{k: &in}); res.Ops != 3 || res.Batches != 1 {
-		t.Errorf("removing one endpoint: %+v, want 3 objects in one batch", res)
+	if res := mustSync(t, s, map[ServiceKey]InputSource{k: &in}); res.Ops != 2 || res.Batches != 1 {
+		t.Errorf("removing one endpoint: %+v, want 2 objects in one batch", res)
 	}
-	// A Service deleted: 2 map elements and 1 hairpin pair deleted, 2
+	// A Service deleted: 3 map elements and 1 hairpin pair deleted, 2
 	// chains flushed and deleted.
-	if res := mustSync(t, s, map[ServiceKey]InputSource{{"bench", "svc-00008"}: nil}); res.Ops != 7 {
-		t.Errorf("deleting one Service: %+v, want 7 objects", res)
+	if res := mustSync(t, s, map[ServiceKey]InputSource{{"bench", "svc-00008"}: nil}); res.Ops != 8 {
+		t.Errorf("deleting one Service: %+v, want 8 objects", res)
 	}
 	checkLedger(t, s)
 
@@ -253,8 +254,8 @@ func TestSyncerRejectsBrokenServiceAlone(t *testing.T) {
 	for _, d := range s.ledger {
 		maps.Copy(written, d.Elems)
 	}
-	if len(written) != 6 {
-		t.Errorf("%d map elements written, want the 3 good Services' 6", len(written))
+	if len(written) != 9 {
+		t.Errorf("%d map elements written, want the 3 good Services' 9 (ClusterIP, NodePort, masquerade key)", len(written))
 	}
 	for ek := range written {
 		if ek.Key.Addr == a("10.96.1.1") {

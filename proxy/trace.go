@@ -304,6 +304,11 @@ func (t *Tracer) match(m Match, pkt Packet, p Path) bool {
 			return false
 		}
 		hit = pkt.Src == pkt.Dst && t.inPairSet(m.Set, pkt.Src)
+	case FieldServiceKey:
+		if familyOf(pkt.Dst) != m.Family {
+			return false
+		}
+		hit = t.inKeySet(m.Set, MapKey{Addr: pkt.Dst, Proto: pkt.Proto, Port: pkt.DPort})
 	}
 	return hit != m.Neg
 }
@@ -319,6 +324,11 @@ func (t *Tracer) inSet(name string, a netip.Addr) bool {
 func (t *Tracer) inPairSet(name string, a netip.Addr) bool {
 	vm, ok := t.Model.Map(name)
 	return ok && slices.ContainsFunc(vm.Elements, func(e MapElement) bool { return e.Key.Addr == a })
+}
+
+func (t *Tracer) inKeySet(name string, k MapKey) bool {
+	vm, ok := t.Model.Map(name)
+	return ok && slices.ContainsFunc(vm.Elements, func(e MapElement) bool { return e.Key == k })
 }
 
 func (t *Tracer) isLocal(a netip.Addr) bool {

@@ -128,6 +128,8 @@ func TestTrace(t *testing.T) {
 		{"etp local without local endpoint: clusterip works", tcp("10.0.1.50", "172.30.0.14", 80),
 			[]string{"dnat 10.0.2.4:8080"}},
 		{"itp local", tcp("10.0.2.50", "172.30.0.12", 80), []string{"dnat 10.0.1.3:8080"}},
+		{"itp local from off-cluster source keeps it", tcp(outside, "172.30.0.12", 80), []string{"dnat 10.0.1.3:8080"}},
+		{"ipv6 clusterip from off-cluster source", tcp("2001:db8::5", "fd00:30::10", 80), []string{"dnat [fd00:0:0:1::10]:8080 masquerade"}},
 		{"itp local without local endpoint drops", tcp("10.0.1.50", "172.30.0.15", 80), []string{"drop"}},
 		{"no endpoints tcp rejects with reset", tcp("10.0.1.50", "172.30.0.13", 80), []string{"reject with tcp reset"}},
 		{"no endpoints udp rejects with port unreachable", udp("10.0.1.50", "172.30.0.13", 514),
