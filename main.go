@@ -14,7 +14,6 @@ import (
 	"syscall"
 
 	"github.com/nodenet/nodenet/config"
-	"github.com/nodenet/nodenet/kubeapi"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -60,7 +59,6 @@ func run(args []string, stdout, stderr io.Writer) error {
 }
 
 func runDaemon(args []string, stderr io.Writer) error {
-	kubeapi.ListInitialState()
 	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "configuration file (YAML, kind NodenetConfig); empty = all defaults")
