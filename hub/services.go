@@ -28,7 +28,7 @@ func compareKeys(a, b ServiceKey) int {
 // addServiceInformers adds the Service and EndpointSlice informers. Their events mark Service
 // keys in every ServiceChanges subscription.
 func (h *Hub) addServiceInformers(api API) error {
-	svcInformer := h.informer(api.Services(), &corev1.Service{}, cache.Indexers{})
+	svcInformer := h.informer(withCompactList(api.Services(), toService), &corev1.Service{}, cache.Indexers{})
 	if err := svcInformer.SetTransform(toService); err != nil {
 		return fmt.Errorf("set service transform: %w", err)
 	}
@@ -37,7 +37,7 @@ func (h *Hub) addServiceInformers(api API) error {
 		return fmt.Errorf("add service handler: %w", err)
 	}
 
-	sliceInformer := h.informer(api.EndpointSlices(), &discoveryv1.EndpointSlice{}, cache.Indexers{})
+	sliceInformer := h.informer(withCompactList(api.EndpointSlices(), toEndpointSlice), &discoveryv1.EndpointSlice{}, cache.Indexers{})
 	if err := sliceInformer.SetTransform(toEndpointSlice); err != nil {
 		return fmt.Errorf("set endpointslice transform: %w", err)
 	}

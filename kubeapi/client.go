@@ -84,12 +84,12 @@ func (c *Client) Node(name string) cache.ListerWatcher {
 
 // Services lists and watches the Services of every namespace.
 func (c *Client) Services() cache.ListerWatcher {
-	return cache.NewListWatchFromClient(c.core, "services", metav1.NamespaceAll, fields.Everything())
+	return newItemLister(c.core, "services", func() protoObject { return &corev1.Service{} })
 }
 
 // EndpointSlices lists and watches the EndpointSlices of every namespace.
 func (c *Client) EndpointSlices() cache.ListerWatcher {
-	return cache.NewListWatchFromClient(c.discovery, "endpointslices", metav1.NamespaceAll, fields.Everything())
+	return newItemLister(c.discovery, "endpointslices", func() protoObject { return &discoveryv1.EndpointSlice{} })
 }
 
 // GetNode reads the Node name.

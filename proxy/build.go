@@ -673,11 +673,3 @@ func prefixesOf(ps []netip.Prefix, f Family) []netip.Prefix {
 	})
 	return out
 }
-
-func prefixesFromAddrs(as []netip.Addr) []netip.Prefix {
-	var out []netip.Prefix
-	for _, a := range as {
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
-	}
-	return out
-}
