@@ -21,7 +21,7 @@ type itemLister interface {
 // types as they are decoded, instead of client-go's default since 1.35: a watch that streams the
 // existing objects one event each. A cold start waits for these caches before it programs a
 // single Service, and the list is the quicker of the two — at 1,000 Services and EndpointSlices
-// 57–104 ms against 143–330 ms, at 10,000 0.6 s against 2.8 s (the benchmark's API server) —
+// 57–104 ms against 143–330 ms, at 10,000 0.5 s against 2.8 s (the benchmark's API server) —
 // while holding, thanks to the conversion, no more memory than the stream: a list of API objects
 // decoded whole put 30 MB on the daemon's peak at 10,000. Watches after the list are the
 // ListerWatcher's own.

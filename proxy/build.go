@@ -281,11 +281,13 @@ func Skeleton(facts Facts) Model {
 	return m
 }
 
-// clusterIPMasquerade is the services chain's rule that marks for masquerading what
-// clusterIPMasqueraded says, for the ClusterIP ports in set setClusterIPs(f). One rule and a
-// set element per port, rather than kube-proxy's rule in every Service's chain: an element
-// costs the kernel and the writer a fraction of a rule, and at 1,000 Services the rules were a
-// quarter of a cold start's sync (BenchmarkSyncerColdStart).
+// clusterIPMasquerade is the services chain's rule that marks ClusterIP traffic for
+// masquerading — from off-cluster sources, or all of it with MasqueradeAll — for the ClusterIP
+// ports in set setClusterIPs(f). kube-proxy writes the same test as a rule in each Service's
+// chain; here it is one rule and a set element per port: an element costs the kernel and the
+// writer a fraction of a rule, and at 1,000 Services the rules were a quarter of a cold start's
+// sync (BenchmarkSyncerColdStart). Without pod ranges nothing tells off-cluster sources apart,
+// and there is no rule.
 func clusterIPMasquerade(facts Facts, f Family) (Rule, bool) {
 	key := Match{Field: FieldServiceKey, Family: f, Set: setClusterIPs(f)}
 	mark := Action{Kind: ActJump, Chain: chainMarkMasq}
@@ -395,10 +397,11 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 		key := MapKey{Addr: ip, Proto: p.Protocol, Port: port}
 		if len(internalEPs) > 0 {
 			b.addElem(mapServiceIPs(f), MapElement{Key: key, Verdict: Action{Kind: ActGoto, Chain: internalChain}, Comment: comment})
-			// ClusterIP traffic to the cluster-wide endpoints that is to be masqueraded
-			// (off-cluster sources, or all) is marked by the services chain's one rule for
-			// every Service; the key joins its set. Local endpoints keep the source.
-			if _, ok := clusterIPMasquerade(b.facts, f); ok && internalChain == n.cluster {
+			// ClusterIP traffic that is to be masqueraded (off-cluster sources, or all) is
+			// marked by the services chain's one rule for every Service: the key joins its
+			// set, whichever the internal traffic policy, as kube-proxy marks it in either
+			// policy's chain.
+			if _, ok := clusterIPMasquerade(b.facts, f); ok {
 				b.addElem(setClusterIPs(f), MapElement{Key: key})
 			}
 		} else {
@@ -447,10 +450,13 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 
 	// Endpoint chains.
 	affinity := svc.SessionAffinityTimeout > 0
+	// A pod of any node may reach this node's NodePort untranslated; with the Local policy the
+	// external chain sends pod sources to every endpoint, unmasqueraded, the client included.
+	anyPodHairpins := p.NodePort > 0 && svc.ExternalLocal
 	mk := func(eps []Endpoint) []backend {
 		var out []backend
 		for _, ep := range eps {
-			be := backend{addr: ep.Addr, port: ep.Ports[p.Name], hairpin: b.mayHairpin(ep, f)}
+			be := backend{addr: ep.Addr, port: ep.Ports[p.Name], hairpin: anyPodHairpins || b.mayHairpin(ep, f)}
 			if affinity {
 				// Only affinity needs a chain and a set per backend; naming
 				// them hashes, which is most of a large Service's build.
@@ -566,13 +572,15 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	}
 }
 
-// mayHairpin says whether ep can be the source of a packet this node DNATs back to ep. A pod
-// of another node cannot: its own node's proxy translates its Service traffic before routing,
-// so it never reaches this node with a Service address. Every other endpoint can — one of this
-// node, one whose node is not known, and one outside the cluster's pod ranges (a host-network
-// pod, an address of a hand-written EndpointSlice) — as can any when the ranges are unknown.
-// Leaving other nodes' pods out keeps the hairpin sets to this node's share of the endpoints
-// instead of one element per endpoint of the cluster.
+// mayHairpin says whether ep can be the source of a packet this node DNATs back to ep without
+// masquerading it otherwise. A pod of another node cannot, but for one way (the caller's
+// anyPodHairpins): its own node's proxy translates its ClusterIP, external IP and load-balancer
+// traffic before routing, so only this node's NodePorts see it untranslated, and those
+// masquerade pod sources unless the external policy is Local. Every other endpoint can — one of
+// this node, one whose node is not known, and one outside the cluster's pod ranges (a
+// host-network pod, an address of a hand-written EndpointSlice) — as can any when the ranges are
+// unknown. Leaving other nodes' pods out keeps the hairpin sets to about this node's share of
+// the endpoints instead of one element per endpoint of the cluster.
 func (b *builder) mayHairpin(ep Endpoint, f Family) bool {
 	if ep.NodeName == "" || ep.NodeName == b.facts.Node.Name {
 		return true

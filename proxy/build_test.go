@@ -148,7 +148,10 @@ func TestBuildNodePortFamilies(t *testing.T) {
 
 // Only an endpoint that can send to its own Service through this node gets a hairpin pair.
 func TestBuildHairpinPairs(t *testing.T) {
-	svc := Service{Namespace: "ns", Name: "web", ClusterIPs: []netip.Addr{a("172.30.0.10")}, Ports: httpPort(0)}
+	clusterIP := Service{Namespace: "ns", Name: "web", ClusterIPs: []netip.Addr{a("172.30.0.10")}, Ports: httpPort(0)}
+	// A NodePort with the Local policy sends pods of every node to every endpoint.
+	nodePortLocal := clusterIP
+	nodePortLocal.Ports, nodePortLocal.ExternalLocal = httpPort(30080), true
 	eps := []Endpoint{
 		ep("10.0.1.1", nodeA, http8080()),      // a pod of this node
 		ep("10.0.2.1", nodeB, http8080()),      // another node's pod: its node translates its traffic
@@ -156,18 +159,21 @@ func TestBuildHairpinPairs(t *testing.T) {
 		ep("192.168.0.11", nodeB, http8080()),  // host network, outside the pod ranges
 		ep("fd00:0:0:2::1", nodeB, http8080()), // another family: not this port's
 	}
+	podRanges := []netip.Prefix{pf("10.0.0.0/16")}
 	tests := []struct {
 		name  string
+		svc   Service
 		cidrs []netip.Prefix
 		want  []netip.Addr
 	}{
-		{"pod ranges known", []netip.Prefix{pf("10.0.0.0/16")}, []netip.Addr{a("10.0.1.1"), a("10.0.3.1"), a("192.168.0.11")}},
-		{"pod ranges unknown", nil, []netip.Addr{a("10.0.1.1"), a("10.0.2.1"), a("10.0.3.1"), a("192.168.0.11")}},
+		{"pod ranges known", clusterIP, podRanges, []netip.Addr{a("10.0.1.1"), a("10.0.3.1"), a("192.168.0.11")}},
+		{"pod ranges unknown", clusterIP, nil, []netip.Addr{a("10.0.1.1"), a("10.0.2.1"), a("10.0.3.1"), a("192.168.0.11")}},
+		{"nodeport with local policy", nodePortLocal, podRanges, []netip.Addr{a("10.0.1.1"), a("10.0.2.1"), a("10.0.3.1"), a("192.168.0.11")}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			facts := Facts{Node: Node{Name: nodeA}, ClusterCIDRs: tc.cidrs}
-			got := BuildService(facts, svc, eps).Pairs
+			got := slices.Compact(slices.SortedFunc(slices.Values(BuildService(facts, tc.svc, eps).Pairs), netip.Addr.Compare))
 			if diff := cmp.Diff(tc.want, got, cmp.Comparer(func(x, y netip.Addr) bool { return x == y })); diff != "" {
 				t.Errorf("pairs (-want +got):\n%s", diff)
 			}

@@ -165,7 +165,8 @@ type MapElement struct {
 }
 
 // VerdictMap is a named verdict map, or with Plain a set of keys without
-// verdicts (the hairpin pair sets: key saddr . daddr, element X is X . X).
+// verdicts: the hairpin pair sets (key saddr . daddr, element X is X . X)
+// and the ClusterIP keys to masquerade (key daddr . l4proto . dport).
 type VerdictMap struct {
 	Name     string
 	Family   Family

@@ -160,15 +160,17 @@ func TestSyncerRepairsDrift(t *testing.T) {
 	first := ServiceKey{"bench", "svc-00001"}
 	shard := shardTable(shardOf(first))
 	for name, cmd := range map[string]string{
-		"flushed chain":      "flush chain inet " + shard + " services",
-		"deleted element":    "delete element inet " + shard + " service-ips-v4 { 10.96.0.1 . tcp . 80 }",
-		"foreign rule":       "add rule inet " + shard + " reject-chain accept",
-		"deleted main table": "delete table inet nodenet",
-		"deleted shard":      "delete table inet " + shard,
-		"extra element":      "add element inet " + shard + " service-ips-v4 { 10.96.9.9 . tcp . 80 : drop }",
-		"stale shard table":  "add table inet nodenet-svc-99",
-		"deleted pair":       "delete element inet nodenet hairpin-v4 { 10.244.0.1 . 10.244.0.1 }",
-		"extra pair":         "add element inet nodenet hairpin-v4 { 10.99.0.1 . 10.99.0.1 }",
+		"flushed chain":       "flush chain inet " + shard + " services",
+		"deleted element":     "delete element inet " + shard + " service-ips-v4 { 10.96.0.1 . tcp . 80 }",
+		"foreign rule":        "add rule inet " + shard + " reject-chain accept",
+		"deleted main table":  "delete table inet nodenet",
+		"deleted shard":       "delete table inet " + shard,
+		"extra element":       "add element inet " + shard + " service-ips-v4 { 10.96.9.9 . tcp . 80 : drop }",
+		"stale shard table":   "add table inet nodenet-svc-99",
+		"deleted pair":        "delete element inet nodenet hairpin-v4 { 10.244.0.1 . 10.244.0.1 }",
+		"extra pair":          "add element inet nodenet hairpin-v4 { 10.99.0.1 . 10.99.0.1 }",
+		"deleted cluster key": "delete element inet " + shard + " cluster-ips-v4 { 10.96.0.1 . tcp . 80 }",
+		"extra cluster key":   "add element inet " + shard + " cluster-ips-v4 { 10.96.9.9 . tcp . 80 }",
 	} {
 		t.Run(name, func(t *testing.T) {
 			nft(t, node, cmd)

@@ -116,6 +116,8 @@ func TestTrace(t *testing.T) {
 			[]string{"dnat 10.0.1.2:8080"}},
 		{"etp local nodeport from a pod uses every endpoint", tcp("10.0.2.50", "192.168.0.10", 30081),
 			[]string{"dnat 10.0.1.2:8080", "dnat 10.0.2.2:8080"}},
+		{"etp local nodeport from another node's pod that is an endpoint hairpins", tcp("10.0.2.2", "192.168.0.10", 30081),
+			[]string{"dnat 10.0.1.2:8080", "dnat 10.0.2.2:8080 masquerade"}},
 		{"etp local nodeport from the node is masqueraded", fromNode(tcp("192.168.0.10", "192.168.0.10", 30081)),
 			[]string{"dnat 10.0.1.2:8080 masquerade", "dnat 10.0.2.2:8080 masquerade"}},
 		{"etp local clusterip still cluster-wide", tcp("10.0.1.50", "172.30.0.11", 80),
@@ -128,7 +130,7 @@ func TestTrace(t *testing.T) {
 		{"etp local without local endpoint: clusterip works", tcp("10.0.1.50", "172.30.0.14", 80),
 			[]string{"dnat 10.0.2.4:8080"}},
 		{"itp local", tcp("10.0.2.50", "172.30.0.12", 80), []string{"dnat 10.0.1.3:8080"}},
-		{"itp local from off-cluster source keeps it", tcp(outside, "172.30.0.12", 80), []string{"dnat 10.0.1.3:8080"}},
+		{"itp local from off-cluster source", tcp(outside, "172.30.0.12", 80), []string{"dnat 10.0.1.3:8080 masquerade"}},
 		{"ipv6 clusterip from off-cluster source", tcp("2001:db8::5", "fd00:30::10", 80), []string{"dnat [fd00:0:0:1::10]:8080 masquerade"}},
 		{"itp local without local endpoint drops", tcp("10.0.1.50", "172.30.0.15", 80), []string{"drop"}},
 		{"no endpoints tcp rejects with reset", tcp("10.0.1.50", "172.30.0.13", 80), []string{"reject with tcp reset"}},
@@ -198,9 +200,9 @@ func TestTraceMasqueradeAll(t *testing.T) {
 	st := traceState()
 	st.MasqueradeAll = true
 	got := pathStrings(Trace(Build(st), nil, tcp("10.0.1.50", "172.30.0.12", 80)))
-	// ITP=Local goes to the local chain, which kube-proxy does not
-	// masquerade either; a cluster-policy service is masqueraded.
-	if diff := cmp.Diff([]string{"dnat 10.0.1.3:8080"}, got); diff != "" {
+	// ClusterIP traffic is masqueraded whichever the internal policy, as
+	// kube-proxy marks it in the local chain too.
+	if diff := cmp.Diff([]string{"dnat 10.0.1.3:8080 masquerade"}, got); diff != "" {
 		t.Errorf("itp local (-want +got):\n%s", diff)
 	}
 	got = pathStrings(Trace(Build(st), nil, tcp("10.0.1.50", "172.30.0.16", 80)))
