@@ -34,10 +34,11 @@ var hookNames = func() map[nftables.ChainHook]string {
 // maps with their elements. A missing table is an empty digest.
 func (a *Applier) readKernel(table string) (Digest, error) {
 	d := newDigest()
-	conn, err := a.newConn()
+	conn, err := a.newReader()
 	if err != nil {
 		return d, err
 	}
+	defer conn.CloseLasting()
 	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return d, fmt.Errorf("list nft tables: %w", err)
