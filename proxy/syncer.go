@@ -90,38 +90,6 @@ func factsEqual(a, b Facts) bool {
 		slices.Equal(a.ClusterCIDRs, b.ClusterCIDRs) && a.MasqueradeAll == b.MasqueradeAll
 }
 
-// LaySkeleton writes the skeleton — hooks, verdict maps, helper chains — into every table that
-// holds nothing of the proxy's yet, and touches nothing else. A cold start can do this while
-// the Service caches fill: the first full sync, which must wait for them, then has only the
-// Services to write, and an empty skeleton changes no packet's path. Tables that hold anything
-// (a restart, where the rules outlive the daemon) are left whole to the first full sync. It returns
-// the number of objects written.
-func (s *Syncer) LaySkeleton() (int, error) {
-	main, shard := physicalSkeletons(s.facts)
-	var plans []*Plan
-	ops := 0
-	for _, table := range s.tables() {
-		m := main
-		if _, ok := shardIndex(table); ok {
-			m = Model{Table: table, Chains: shard.Chains, Sets: shard.Sets, Maps: shard.Maps}
-		}
-		have, err := s.app.readKernel(table)
-		if err != nil {
-			return 0, err
-		}
-		if len(have.Chains) > 0 || len(have.Sets) > 0 || len(have.Maps) > 0 {
-			continue
-		}
-		p := planDiff(table, have, desiredOf(m))
-		ops += p.Ops()
-		plans = append(plans, p)
-	}
-	if _, err := s.app.apply(plans); err != nil {
-		return 0, fmt.Errorf("lay the skeleton: %w", err)
-	}
-	return ops, nil
-}
-
 // Len is the number of Services the Syncer holds.
 func (s *Syncer) Len() int { return len(s.inputs) }
 

@@ -148,33 +148,6 @@ func TestSyncerSplitsColdStart(t *testing.T) {
 	checkLedger(t, s)
 }
 
-// The skeleton laid ahead leaves the first full sync only the Services, and a table that holds
-// rules is never touched.
-func TestSyncerLaySkeleton(t *testing.T) {
-	requireRoot(t)
-	cold := newTestSyncer(t, newNS(t))
-	all := mustSync(t, cold, manyServices(0, 20))
-
-	node := newNS(t)
-	s := newTestSyncer(t, node)
-	laid, err := s.LaySkeleton()
-	if err != nil || laid == 0 {
-		t.Fatalf("LaySkeleton into a fresh namespace: %d objects, %v", laid, err)
-	}
-	res := mustSync(t, s, manyServices(0, 20))
-	if !res.Full || res.Ops+laid != all.Ops {
-		t.Errorf("first sync after the skeleton: %+v, want a full one of %d objects (%d without it, %d laid)", res, all.Ops-laid, all.Ops, laid)
-	}
-	checkLedger(t, s)
-
-	if again, err := s.LaySkeleton(); err != nil || again != 0 {
-		t.Errorf("LaySkeleton over programmed tables: %d objects, %v; want none", again, err)
-	}
-	if _, drift, err := s.CheckDrift(true); err != nil || drift {
-		t.Errorf("after laying the skeleton again: drift %v, err %v", drift, err)
-	}
-}
-
 func TestSyncerRepairsDrift(t *testing.T) {
 	requireRoot(t)
 	requireNft(t)

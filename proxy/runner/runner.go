@@ -106,13 +106,6 @@ func Run(ctx context.Context, cfg Config) error {
 	var retry <-chan time.Time
 	backoff := minBackoff
 	checks := 0
-	// While the hub's caches fill, a cold start's tables get their skeleton.
-	r.refreshFacts()
-	if n, err := r.Syncer.LaySkeleton(); err != nil {
-		r.Log.Warn("skeleton not written ahead; the first sync writes it", zap.Error(err))
-	} else if n > 0 {
-		r.Log.Info("skeleton written ahead of the first sync", zap.Int("objects", n))
-	}
 	for {
 		select {
 		case <-ctx.Done():
