@@ -18,6 +18,19 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
+// daemonClient is a client of host that asks as the daemon does: protobuf, JSON accepted.
+func daemonClient(t *testing.T, host string) *Client {
+	t.Helper()
+	cfg := &rest.Config{Host: host}
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // TestClient: each call reaches the path and sends the content type the API server expects, and
 // the answers decode into the types the daemon reads.
 func TestClient(t *testing.T) {
@@ -43,14 +56,7 @@ func TestClient(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	// As the daemon asks: protobuf, JSON accepted.
-	cfg := &rest.Config{Host: srv.URL}
-	cfg.ContentType = runtime.ContentTypeProtobuf
-	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
-	c, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := daemonClient(t, srv.URL)
 	ctx := context.Background()
 
 	node, err := c.GetNode(ctx, "node1")

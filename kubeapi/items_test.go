@@ -45,14 +45,7 @@ func serveList(t *testing.T, list runtime.Object, enc runtime.Encoder, contentTy
 		w.Write(body.Bytes())
 	}))
 	t.Cleanup(srv.Close)
-	cfg := &rest.Config{Host: srv.URL}
-	cfg.ContentType = runtime.ContentTypeProtobuf
-	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
-	c, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return daemonClient(t, srv.URL)
 }
 
 // TestListEach: each item reaches the callback whole and in order, as the server encoded it,

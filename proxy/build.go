@@ -393,6 +393,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	comment := portID(svc, p)
 
 	// Cluster IPs.
+	_, markClusterIPs := clusterIPMasquerade(b.facts, f)
 	for _, ip := range addrsOf(svc.ClusterIPs, f) {
 		key := MapKey{Addr: ip, Proto: p.Protocol, Port: port}
 		if len(internalEPs) > 0 {
@@ -401,7 +402,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 			// marked by the services chain's one rule for every Service: the key joins its
 			// set, whichever the internal traffic policy, as kube-proxy marks it in either
 			// policy's chain.
-			if _, ok := clusterIPMasquerade(b.facts, f); ok {
+			if markClusterIPs {
 				b.addElem(setClusterIPs(f), MapElement{Key: key})
 			}
 		} else {
@@ -453,10 +454,11 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	// A pod of any node may reach this node's NodePort untranslated; with the Local policy the
 	// external chain sends pod sources to every endpoint, unmasqueraded, the client included.
 	anyPodHairpins := p.NodePort > 0 && svc.ExternalLocal
+	podRanges := prefixesOf(b.facts.ClusterCIDRs, f)
 	mk := func(eps []Endpoint) []backend {
 		var out []backend
 		for _, ep := range eps {
-			be := backend{addr: ep.Addr, port: ep.Ports[p.Name], hairpin: anyPodHairpins || b.mayHairpin(ep, f)}
+			be := backend{addr: ep.Addr, port: ep.Ports[p.Name], hairpin: anyPodHairpins || b.mayHairpin(ep, podRanges)}
 			if affinity {
 				// Only affinity needs a chain and a set per backend; naming
 				// them hashes, which is most of a large Service's build.
@@ -579,13 +581,14 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 // masquerade pod sources unless the external policy is Local. Every other endpoint can — one of
 // this node, one whose node is not known, and one outside the cluster's pod ranges (a
 // host-network pod, an address of a hand-written EndpointSlice) — as can any when the ranges are
-// unknown. Leaving other nodes' pods out keeps the hairpin sets to about this node's share of
-// the endpoints instead of one element per endpoint of the cluster.
-func (b *builder) mayHairpin(ep Endpoint, f Family) bool {
+// unknown (podRanges, of the endpoint's family, empty). Leaving other nodes' pods out keeps the
+// hairpin sets to about this node's share of the endpoints instead of one element per endpoint
+// of the cluster.
+func (b *builder) mayHairpin(ep Endpoint, podRanges []netip.Prefix) bool {
 	if ep.NodeName == "" || ep.NodeName == b.facts.Node.Name {
 		return true
 	}
-	for _, c := range prefixesOf(b.facts.ClusterCIDRs, f) {
+	for _, c := range podRanges {
 		if c.Contains(ep.Addr) {
 			return false
 		}

@@ -75,6 +75,14 @@ const (
 	FieldServiceKey Field = "daddr . meta l4proto . th dport"
 )
 
+// setKey is the key of the set a concatenation field is looked up in.
+func (f Field) setKey() []Field {
+	if f == FieldAddrPair {
+		return keyAddrPair
+	}
+	return keyAddrProtoPort
+}
+
 // Match tests one packet field. Neg inverts it. For address fields exactly
 // one of Prefixes or Set is used: the address must be in one of the
 // prefixes (a single address is a /32 or /128) or in the named set.

@@ -376,20 +376,11 @@ func (tr *translator) matchExprs(m Match) ([]expr.Any, error) {
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 			&expr.Cmp{Op: cmpOp(m.Neg), Register: 1, Data: []byte{p}},
 		}, nil
-	case FieldAddrPair:
+	case FieldAddrPair, FieldServiceKey:
 		if m.Set == "" {
-			return nil, fmt.Errorf("address pair match without set")
+			return nil, fmt.Errorf("%s match without set", m.Field)
 		}
-		load, err := keyLoad(m.Family, keyAddrPair)
-		if err != nil {
-			return nil, err
-		}
-		return append(load, &expr.Lookup{SourceRegister: 1, SetName: m.Set, Invert: m.Neg}), nil
-	case FieldServiceKey:
-		if m.Set == "" {
-			return nil, fmt.Errorf("service key match without set")
-		}
-		load, err := keyLoad(m.Family, keyAddrProtoPort)
+		load, err := keyLoad(m.Family, m.Field.setKey())
 		if err != nil {
 			return nil, err
 		}

@@ -129,10 +129,8 @@ func (m Match) String() string {
 		return fmt.Sprintf("fib %s type %slocal", dir, neg)
 	case FieldNFProto:
 		return "meta nfproto " + neg + familyName(m.Family)
-	case FieldAddrPair:
-		return fmt.Sprintf("%s %s@%s", keyExpr(m.Family, []Field{FieldSaddr, FieldDaddr}), neg, m.Set)
-	case FieldServiceKey:
-		return fmt.Sprintf("%s %s@%s", keyExpr(m.Family, keyAddrProtoPort), neg, m.Set)
+	case FieldAddrPair, FieldServiceKey:
+		return fmt.Sprintf("%s %s@%s", keyExpr(m.Family, m.Field.setKey()), neg, m.Set)
 	}
 	return fmt.Sprintf("<%s?>", m.Field)
 }

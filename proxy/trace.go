@@ -303,7 +303,7 @@ func (t *Tracer) match(m Match, pkt Packet, p Path) bool {
 		if familyOf(pkt.Src) != m.Family {
 			return false
 		}
-		hit = pkt.Src == pkt.Dst && t.inPairSet(m.Set, pkt.Src)
+		hit = pkt.Src == pkt.Dst && t.inKeySet(m.Set, MapKey{Addr: pkt.Src})
 	case FieldServiceKey:
 		if familyOf(pkt.Dst) != m.Family {
 			return false
@@ -321,11 +321,7 @@ func (t *Tracer) inSet(name string, a netip.Addr) bool {
 	return ok && slices.Contains(s.Elements, a)
 }
 
-func (t *Tracer) inPairSet(name string, a netip.Addr) bool {
-	vm, ok := t.Model.Map(name)
-	return ok && slices.ContainsFunc(vm.Elements, func(e MapElement) bool { return e.Key.Addr == a })
-}
-
+// inKeySet looks k up in a plain set of the model; a hairpin pair X . X is keyed by X alone.
 func (t *Tracer) inKeySet(name string, k MapKey) bool {
 	vm, ok := t.Model.Map(name)
 	return ok && slices.ContainsFunc(vm.Elements, func(e MapElement) bool { return e.Key == k })

@@ -18,8 +18,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/nodenet/nodenet/bench/internal/harness"
-	"github.com/nodenet/nodenet/bench/internal/summary"
 	"io"
 	"os"
 	"runtime"
@@ -27,6 +25,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nodenet/nodenet/bench/internal/harness"
+	"github.com/nodenet/nodenet/bench/internal/summary"
 	"github.com/nodenet/nodenet/e2e/lab"
 )
 
