@@ -11,6 +11,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nodenet/nodenet/internal/nftbatch"
 )
 
 // maxBatchOps bounds one netlink batch of a split plan. The kernel holds
@@ -40,46 +42,39 @@ func NewApplier(netnsFD int) *Applier {
 	return &Applier{netnsFD: netnsFD, batchOps: maxBatchOps}
 }
 
-// newConn returns a connection that opens its socket only when flushed: a
-// batch that fails while being queued is dropped with its Conn.
-func (a *Applier) newConn(extra ...nftables.ConnOption) (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.WithSockOptions(largeBuffers)}
+// newReader returns a connection for a run of reads, with one socket for all
+// of them; the caller closes it with CloseLasting. Without, each read opens a
+// socket of its own, entering the node's namespace to do so: reading the 17
+// tables of an empty skeleton, as a full sync after a restart or a forced
+// drift check does, took 44–51 ms that way, and 21 ms with one socket.
+// (Writes go through nftbatch.)
+func (a *Applier) newReader() (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(largeReceiveBuffer)}
 	if a.netnsFD != 0 {
 		opts = append(opts, nftables.WithNetNSFd(a.netnsFD))
 	}
-	c, err := nftables.New(append(opts, extra...)...)
+	c, err := nftables.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("nft conn: %w", err)
 	}
 	return c, nil
 }
 
-// newReader returns a connection for a run of reads, with one socket for all
-// of them; the caller closes it with CloseLasting. Without, each read opens a
-// socket of its own, entering the node's namespace to do so: reading the 17
-// tables of an empty skeleton, as a full sync after a restart or a forced
-// drift check does, took 44–51 ms that way, and 21 ms with one socket.
-func (a *Applier) newReader() (*nftables.Conn, error) {
-	return a.newConn(nftables.AsLasting())
-}
+// receiveBuffer is what a reading socket may hold: a dump of a shard at
+// 10,000 Services is several MiB, and the kernel stops filling the socket
+// at the default (about 200 KiB) until it is read. Forcing it past the
+// sysctl limit needs CAP_NET_ADMIN, which the daemon has.
+const receiveBuffer = 64 << 20
 
-// socketBuffer is what a batch socket may hold each way. A batch goes out
-// in one sendmsg and every message in it is acknowledged, so the default
-// buffers (about 200 KiB) hold a few hundred rules; forcing them past the
-// sysctl limits needs CAP_NET_ADMIN, which the daemon has.
-const socketBuffer = 64 << 20
-
-func largeBuffers(c *netlink.Conn) error {
+func largeReceiveBuffer(c *netlink.Conn) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
 	err = raw.Control(func(fd uintptr) {
-		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
-			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, socketBuffer); e != nil {
-				serr = fmt.Errorf("set netlink socket buffer: %w", e)
-			}
+		if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, receiveBuffer); e != nil {
+			serr = fmt.Errorf("set netlink socket buffer: %w", e)
 		}
 	})
 	return cmp.Or(err, serr)
@@ -210,33 +205,33 @@ func (a *Applier) dropTables(names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
-	c, err := a.newConn()
+	b, err := nftbatch.New()
 	if err != nil {
 		return err
 	}
 	for _, n := range names {
-		c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: n})
+		b.Conn.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: n})
 	}
-	if err := c.Flush(); err != nil {
+	if err := b.Send(a.netnsFD); err != nil {
 		return fmt.Errorf("delete tables %v: %w", names, err)
 	}
 	return nil
 }
 
-// send queues plans on a fresh connection and flushes them as one batch.
+// send queues plans and writes them as one batch.
 func (a *Applier) send(plans ...*Plan) error {
-	c, err := a.newConn()
+	b, err := nftbatch.New()
 	if err != nil {
 		return err
 	}
 	var tables []string
 	for _, p := range plans {
 		tables = append(tables, p.table)
-		if err := queue(c, &nftables.Table{Family: nftables.TableFamilyINet, Name: p.table}, p); err != nil {
-			return err // the half-queued batch goes with c, unsent
+		if err := queue(b.Conn, &nftables.Table{Family: nftables.TableFamilyINet, Name: p.table}, p); err != nil {
+			return err // the half-queued batch goes with b, unsent
 		}
 	}
-	if err := c.Flush(); err != nil {
+	if err := b.Send(a.netnsFD); err != nil {
 		return fmt.Errorf("write tables %s: %w", strings.Join(tables, ", "), err)
 	}
 	return nil

@@ -359,10 +359,11 @@ func (a *Applier) generation() (uint32, error) {
 // staleShards lists shard tables the current layout does not use (left
 // by a build with more shards).
 func (a *Applier) staleShards() ([]string, error) {
-	conn, err := a.newConn()
+	conn, err := a.newReader()
 	if err != nil {
 		return nil, err
 	}
+	defer conn.CloseLasting()
 	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("list nft tables: %w", err)
