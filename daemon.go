@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -68,13 +69,36 @@ func (d *daemon) run(ctx context.Context) error {
 // is ready. Long-running parts run in bg; everything opened here is closed only after bg has
 // stopped, so no request or sync runs on a closed handle.
 func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) error {
+	// Deferred in this order, the closers run last, after bg has stopped.
+	var closers []func()
+	defer func() {
+		for _, c := range slices.Backward(closers) {
+			c()
+		}
+	}()
+	bg, bgCtx := errgroup.WithContext(ctx)
+	defer func() {
+		if err := bg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+			d.log.Warn("background part stopped", zap.Error(err))
+		}
+	}()
+	bgRun, cancelBG := context.WithCancel(bgCtx)
+	defer cancelBG()
+
 	var client kubeAPI
+	var h *hub.Hub
 	if !d.cfg.Standalone() {
 		c, err := newKubeClient(d.cfg.Kubeconfig, d.cfg.APIServer, d.log)
 		if err != nil {
 			return err
 		}
 		client = c
+		// The hub lists Services, EndpointSlices and Nodes while the node is set up: the proxy's
+		// first sync waits for those lists, not for the steps below.
+		if h, err = hub.New(client, d.log); err != nil {
+			return err
+		}
+		bg.Go(func() error { return h.Run(bgRun) })
 	}
 	podCIDRs, err := d.podCIDRs(ctx, client)
 	if err != nil {
@@ -84,16 +108,16 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	if err != nil {
 		return fmt.Errorf("open ipam: %w", err)
 	}
-	defer func() {
+	closers = append(closers, func() {
 		if err := alloc.Close(); err != nil {
 			d.log.Warn("close ipam", zap.Error(err))
 		}
-	}()
+	})
 	nl, err := netlink.NewHandle()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
-	defer nl.Close()
+	closers = append(closers, nl.Close)
 	nft, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("open nftables: %w", err)
@@ -105,27 +129,12 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	if err != nil {
 		return fmt.Errorf("open the node's network namespace: %w", err)
 	}
-	defer nodeNS.Close()
+	closers = append(closers, func() { nodeNS.Close() })
 	nodeNetns := fmt.Sprintf("/proc/self/fd/%d", int(nodeNS))
-
-	bg, bgCtx := errgroup.WithContext(ctx)
-	defer func() {
-		// Runs before the deferred closes above: stop and wait for every background part.
-		if err := bg.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-			d.log.Warn("background part stopped", zap.Error(err))
-		}
-	}()
-	bgRun, cancelBG := context.WithCancel(bgCtx)
-	defer cancelBG()
 
 	mtu := d.cfg.CNI.MTU
 	ensureDNS := func() error { return nil }
 	if client != nil {
-		h, err := hub.New(client, d.log)
-		if err != nil {
-			return err
-		}
-		bg.Go(func() error { return h.Run(bgRun) })
 		vtep, err := d.startRouting(bgRun, bg, client, h, nl, podCIDRs)
 		if err != nil {
 			return err
