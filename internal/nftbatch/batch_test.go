@@ -1,12 +1,16 @@
 package nftbatch
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/nodenet/nodenet/internal/nstest"
 )
@@ -109,4 +113,49 @@ func TestSendReportsAFewOfManyRefusals(t *testing.T) {
 		!strings.HasSuffix(err.Error(), "and 3 more") {
 		t.Fatalf("error %v: want the first %d refusals named and 3 more counted", err, maxReported)
 	}
+}
+
+// answer is an NLMSG_ERROR answer to sequence number seq, as the kernel
+// writes it with NETLINK_CAP_ACK: the errno and the request's header.
+func answer(seq uint32, errno syscall.Errno) syscall.NetlinkMessage {
+	data := binary.NativeEndian.AppendUint32(nil, uint32(-int32(errno)))
+	data = append(data, make([]byte, unix.NLMSG_HDRLEN)...)
+	return syscall.NetlinkMessage{Header: syscall.NlMsghdr{Type: unix.NLMSG_ERROR, Seq: seq, Flags: 0x100}, Data: data}
+}
+
+func TestVerdictReadsTheAnswers(t *testing.T) {
+	sent := []netlink.Message{
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Sequence: 7}},
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE), Sequence: 8},
+			Data: append([]byte{unix.NFPROTO_INET, 0, 0, 0}, attribute(1, "t\x00")...)},
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_END), Sequence: 9}},
+	}
+	for _, tc := range []struct {
+		name    string
+		answers []syscall.NetlinkMessage
+		want    string // "" for success
+	}{
+		{"acknowledged", []syscall.NetlinkMessage{answer(8, 0)}, ""},
+		{"nothing came back", nil, "did not acknowledge the batch's last message (add table t)"},
+		{"the commit failed", []syscall.NetlinkMessage{answer(7, unix.ENOMEM), answer(8, 0)}, "refused the batch: cannot allocate memory"},
+		{"the message was refused", []syscall.NetlinkMessage{answer(8, unix.EEXIST)}, "message 1 of 1 (add table t): file exists"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := verdict(sent, tc.answers)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("verdict: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("verdict: %v, want it to say %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func attribute(typ uint16, value string) []byte {
+	b, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: typ, Data: []byte(value)}})
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
