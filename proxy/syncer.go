@@ -231,11 +231,20 @@ func (s *Syncer) fragment(k ServiceKey) Fragment {
 	return BuildService(s.facts, in.Service, in.Endpoints)
 }
 
+// keptWorld is the largest world whose full sync builds each fragment once.
+// The benchmark's Services (one port, ten endpoints) take about 0.7 KiB of
+// fragment each, so keeping them costs a few MB at most at this size; the
+// second build it saves was a sixth of a 1,000-Service cold sync's CPU.
+// Larger worlds, where the daemon's peak memory is tight, build twice.
+const keptWorld = 5000
+
 // full compares every table with the kernel and sends the differences.
 // It goes table by table, building each shard's fragments only while that
 // shard is compared, so that a cold start at tens of thousands of Services
 // never holds the whole ruleset in memory: a first pass settles the claims
-// (and pair counts) from fragments built and dropped one at a time.
+// (and pair counts) from fragments built and dropped one at a time. A world
+// of at most keptWorld Services keeps the first pass's fragments instead of
+// building them twice.
 func (s *Syncer) full() (SyncResult, error) {
 	s.ledger = nil
 	keys := slices.SortedFunc(maps.Keys(s.inputs), compareServiceKeys)
@@ -252,8 +261,16 @@ func (s *Syncer) full() (SyncResult, error) {
 	s.claims = map[elemKey][]ServiceKey{}
 	s.pairs = newPairCounts()
 	byShard := make([][]ServiceKey, serviceShards)
+	var kept map[ServiceKey]Fragment
+	if len(keys) <= keptWorld {
+		kept = make(map[ServiceKey]Fragment, len(keys))
+	}
 	for _, k := range keys {
-		s.count(k, s.fragment(k), 1)
+		fr := s.fragment(k)
+		s.count(k, fr, 1)
+		if kept != nil {
+			kept[k] = fr
+		}
 		byShard[shardOf(k)] = append(byShard[shardOf(k)], k)
 	}
 
@@ -271,7 +288,7 @@ func (s *Syncer) full() (SyncResult, error) {
 		var m Model
 		if i, ok := shardIndex(table); ok {
 			m = Model{Table: table, Chains: slices.Clone(shard.Chains), Sets: slices.Clone(shard.Sets), Maps: slices.Clone(shard.Maps)}
-			m = assemble(m, s.winning(byShard[i]))
+			m = assemble(m, s.winning(byShard[i], kept))
 		} else {
 			m = main
 		}
@@ -310,13 +327,15 @@ func (s *Syncer) full() (SyncResult, error) {
 	return res, nil
 }
 
-// winning builds the fragments of one shard's Services (keys in order),
-// keeping the map elements whose claims they won.
-func (s *Syncer) winning(keys []ServiceKey) []Fragment {
-	frags := s.fragments(keys)
+// winning returns the fragments of one shard's Services (keys in order),
+// from kept or built now, with the map elements whose claims they won.
+func (s *Syncer) winning(keys []ServiceKey, kept map[ServiceKey]Fragment) []Fragment {
 	out := make([]Fragment, 0, len(keys))
 	for _, k := range keys {
-		fr := frags[k]
+		fr, ok := kept[k]
+		if !ok {
+			fr = s.fragment(k)
+		}
 		won := fr.Elements[:0:0]
 		for _, e := range fr.Elements {
 			if cl := s.claims[elemKey{e.Map, e.Key}]; len(cl) > 0 && cl[0] == k {
