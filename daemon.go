@@ -93,26 +93,12 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 			return err
 		}
 		client = c
-		// The hub lists Services, EndpointSlices and Nodes while the node is set up: the proxy's
-		// first sync waits for those lists, not for the steps below.
+		// The hub lists Services, EndpointSlices and Nodes while the node is set up.
 		if h, err = hub.New(client, d.log); err != nil {
 			return err
 		}
 		bg.Go(func() error { return h.Run(bgRun) })
 	}
-	podCIDRs, err := d.podCIDRs(ctx, client)
-	if err != nil {
-		return err
-	}
-	alloc, err := ipam.Open(ipam.Config{StateDir: d.cfg.StateDir, Ranges: podCIDRs}, d.log)
-	if err != nil {
-		return fmt.Errorf("open ipam: %w", err)
-	}
-	closers = append(closers, func() {
-		if err := alloc.Close(); err != nil {
-			d.log.Warn("close ipam", zap.Error(err))
-		}
-	})
 	nl, err := netlink.NewHandle()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
@@ -132,6 +118,39 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 	closers = append(closers, func() { nodeNS.Close() })
 	nodeNetns := fmt.Sprintf("/proc/self/fd/%d", int(nodeNS))
 
+	// With the proxy on, DNS publishes a Service's name once its rules are programmed.
+	var programmed *hub.ServiceChanges
+	if client != nil && d.cfg.ProxyEnabled() {
+		var announce func([]hub.ServiceKey)
+		if d.cfg.DNSEnabled() {
+			programmed = hub.NewServiceChanges()
+			announce = func(keys []hub.ServiceKey) {
+				for _, k := range keys {
+					programmed.Mark(k)
+				}
+			}
+		}
+		// Services do not depend on this node's pod ranges or routes: the proxy programs them as
+		// soon as the hub's lists are in, while the rest is set up.
+		stop, err := d.startProxy(bgRun, bg, h, nl, int(nodeNS), reg, announce)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	podCIDRs, err := d.podCIDRs(ctx, client)
+	if err != nil {
+		return err
+	}
+	alloc, err := ipam.Open(ipam.Config{StateDir: d.cfg.StateDir, Ranges: podCIDRs}, d.log)
+	if err != nil {
+		return fmt.Errorf("open ipam: %w", err)
+	}
+	closers = append(closers, func() {
+		if err := alloc.Close(); err != nil {
+			d.log.Warn("close ipam", zap.Error(err))
+		}
+	})
 	mtu := d.cfg.CNI.MTU
 	ensureDNS := func() error { return nil }
 	if client != nil {
@@ -140,24 +159,6 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 			return err
 		}
 		mtu = podMTU(d.cfg, vtep)
-		// With the proxy on, DNS publishes a Service's name once its rules are programmed.
-		var programmed *hub.ServiceChanges
-		var announce func([]hub.ServiceKey)
-		if d.cfg.ProxyEnabled() && d.cfg.DNSEnabled() {
-			programmed = hub.NewServiceChanges()
-			announce = func(keys []hub.ServiceKey) {
-				for _, k := range keys {
-					programmed.Mark(k)
-				}
-			}
-		}
-		if d.cfg.ProxyEnabled() {
-			stop, err := d.startProxy(bgRun, bg, h, nl, int(nodeNS), reg, announce)
-			if err != nil {
-				return err
-			}
-			defer stop()
-		}
 		if d.cfg.DNSEnabled() {
 			ensure, closeSockets, err := d.startDNS(bgRun, bg, h, nl, int(nodeNS), reg, programmed)
 			if err != nil {
