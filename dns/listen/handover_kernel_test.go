@@ -136,10 +136,17 @@ func startReader(t *testing.T, node ns.NetNS, name string, spec readerSpec) *pro
 	return p
 }
 
+// killedInFlight bounds how long before SIGKILL a datagram the killed reader took with it can
+// have been sent: a reader answers within microseconds of reading, but on a busy machine it may be
+// descheduled between the two.
+const killedInFlight = 100 * time.Millisecond
+
 // TestRestartUnderLoad is the acceptance test of the design: a real `nodenet dns-keeper`, a
 // reader that is killed with SIGKILL and the next one stopped with SIGTERM while a client sends
 // 200 datagrams a second to 169.254.20.10:53; every datagram, including those sent while no
 // reader ran, is answered, and a TCP connection made in a gap is answered by the next reader.
+// The one exception is what SIGKILL leaves no chance to answer: a datagram the killed reader had
+// already read, at most one per socket, sent just before the kill.
 func TestRestartUnderLoad(t *testing.T) {
 	nstest.RequireRoot(t)
 	nstest.RequireTool(t, "ip")
@@ -183,9 +190,14 @@ func TestRestartUnderLoad(t *testing.T) {
 	}()
 
 	gapSent := 0
+	var killed [2]time.Time
 	for i, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
 		time.Sleep(300 * time.Millisecond)
+		stopFrom := time.Now()
 		err := reader.stop(t, sig)
+		if sig == syscall.SIGKILL {
+			killed = [2]time.Time{stopFrom.Add(-killedInFlight), time.Now()}
+		}
 		switch {
 		case sig == syscall.SIGKILL && !strings.Contains(errString(err), "killed"):
 			t.Fatalf("reader after SIGKILL: %v", err)
@@ -211,8 +223,8 @@ func TestRestartUnderLoad(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	stopSending()
 	sender.Wait()
-	client.wantAll(t)
-	t.Logf("%d datagrams answered, %d of them sent while no reader ran", client.sentCount(), gapSent)
+	lost := client.wantAllBut(t, spec.UDPSockets, killed)
+	t.Logf("%d datagrams sent, %d of them while no reader ran; %d lost in the killed reader", client.sentCount(), gapSent, lost)
 	if gapSent == 0 {
 		t.Fatal("nothing was sent while no reader ran")
 	}

@@ -142,9 +142,10 @@ type echoClient struct {
 	conns []*net.UDPConn
 	wg    sync.WaitGroup
 
-	mu   sync.Mutex
-	got  map[uint32]bool
-	sent uint32
+	mu     sync.Mutex
+	got    map[uint32]bool
+	sent   uint32
+	sentAt []time.Time // by number
 }
 
 func newEchoClient(t *testing.T, to netip.AddrPort, sockets int) *echoClient {
@@ -201,6 +202,7 @@ func (e *echoClient) send(t *testing.T, n int, interval time.Duration) {
 		e.mu.Lock()
 		seq := e.sent
 		e.sent++
+		e.sentAt = append(e.sentAt, time.Now())
 		e.mu.Unlock()
 		c := e.conns[int(seq)%len(e.conns)]
 		if _, err := c.Write(binary.BigEndian.AppendUint32(nil, seq)); err != nil {
@@ -239,6 +241,25 @@ func (e *echoClient) wantAll(t *testing.T) {
 	if lost := e.missing(5 * time.Second); len(lost) > 0 {
 		t.Fatalf("%d of %d datagrams unanswered: %v", len(lost), e.sent, lost[:min(len(lost), 20)])
 	}
+}
+
+// wantAllBut is wantAll allowing up to spare datagrams to go unanswered if each was sent within
+// window; it returns how many did.
+func (e *echoClient) wantAllBut(t *testing.T, spare int, window [2]time.Time) int {
+	t.Helper()
+	lost := e.missing(5 * time.Second)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	excused := 0
+	for _, seq := range lost {
+		if at := e.sentAt[seq]; excused < spare && !at.Before(window[0]) && !at.After(window[1]) {
+			excused++
+			continue
+		}
+		t.Fatalf("%d of %d datagrams unanswered: %v (sent at %v; the spare window was %v – %v)", len(lost), e.sent,
+			lost[:min(len(lost), 20)], e.sentAt[seq].Format("15:04:05.000"), window[0].Format("15:04:05.000"), window[1].Format("15:04:05.000"))
+	}
+	return excused
 }
 
 // askTCP sends a line and returns the connection for readAnswer.
