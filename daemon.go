@@ -64,12 +64,15 @@ func (d *daemon) run(ctx context.Context) error {
 	return err
 }
 
-// runNetwork brings up the node's network: podCIDRs, IPAM, routes to other nodes, the bridge,
-// reconciliation, the CNI socket, and finally the shim and conflist that tell the runtime nodenet
-// is ready. Long-running parts run in bg; everything opened here is closed only after bg has
-// stopped, so no request or sync runs on a closed handle.
+// runNetwork brings up the node's network: the hub's informers and the Service proxy first (they
+// need neither the pod ranges nor routes), then podCIDRs, IPAM, routes to other nodes, DNS, the
+// bridge, reconciliation, the CNI socket, and finally the shim and conflist that tell the runtime
+// nodenet is ready. Long-running parts run in bg; everything opened here is closed only after bg
+// has stopped, so no request or sync runs on a closed handle.
 func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) error {
-	// Deferred in this order, the closers run last, after bg has stopped.
+	// What the background parts use (IPAM by the CNI server, the DNS sockets by the DNS server,
+	// conntrack by the proxy) is closed by these, deferred first so that they run last: after
+	// cancelBG and bg.Wait, also when set-up fails half way with ctx still live.
 	var closers []func()
 	defer func() {
 		for _, c := range slices.Backward(closers) {
@@ -130,13 +133,14 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 				}
 			}
 		}
-		// Services do not depend on this node's pod ranges or routes: the proxy programs them as
-		// soon as the hub's lists are in, while the rest is set up.
+		// Services depend on neither this node's pod ranges nor its routes: the proxy programs
+		// them as soon as the hub's lists are in (and the Nodes', for the node's zone) while the
+		// rest is set up.
 		stop, err := d.startProxy(bgRun, bg, h, nl, int(nodeNS), reg, announce)
 		if err != nil {
 			return err
 		}
-		defer stop()
+		closers = append(closers, stop)
 	}
 	podCIDRs, err := d.podCIDRs(ctx, client)
 	if err != nil {
@@ -164,7 +168,7 @@ func (d *daemon) runNetwork(ctx context.Context, reg prometheus.Registerer) erro
 			if err != nil {
 				return err
 			}
-			defer closeSockets()
+			closers = append(closers, closeSockets)
 			ensureDNS = ensure
 		}
 	}

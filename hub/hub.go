@@ -11,10 +11,12 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -128,7 +130,10 @@ func (h *Hub) Run(ctx context.Context) error {
 	}
 	// The waits return when ctx ends too: a shutdown before the caches filled is not a failure.
 	wg.Go(func() {
-		if cache.WaitForCacheSync(ctx.Done(), h.synced...) {
+		// client-go's WaitForCacheSync looks every 100 ms; the proxy's first sync waits for this.
+		if wait.PollUntilContextCancel(ctx, nodeSyncPoll, true, func(context.Context) (bool, error) {
+			return h.NodesSynced(), nil
+		}) == nil {
 			h.log.Info("node cache synced")
 			h.poke()
 		}
@@ -136,6 +141,20 @@ func (h *Hub) Run(ctx context.Context) error {
 	wg.Go(func() { h.waitForServices(ctx) })
 	<-ctx.Done()
 	return nil
+}
+
+// nodeSyncPoll is how often Run looks whether the Node cache is filled.
+const nodeSyncPoll = 5 * time.Millisecond
+
+// NodesSynced reports whether the Node cache holds the initial list; subscribers are poked when
+// it does.
+func (h *Hub) NodesSynced() bool {
+	for _, synced := range h.synced {
+		if !synced() {
+			return false
+		}
+	}
+	return true
 }
 
 // WaitForSync blocks until the Node cache is filled or ctx ends.

@@ -36,8 +36,9 @@ type Config struct {
 	Syncer    *proxy.Syncer
 	Health    HealthServer
 	Conntrack ConntrackCleaner
-	// Facts is asked for the node facts before the first sync and at
-	// every drift check: node addresses and zone may change.
+	// Facts is asked for the node facts before the first sync (once the
+	// Node cache is filled, or nodeWait passed), at every drift check and
+	// when a Node changes: node addresses and zone may change.
 	Facts         func() (proxy.Facts, error)
 	DriftInterval time.Duration
 	// Programmed, when set, is called from the runner's goroutine after every successful sync
@@ -101,6 +102,7 @@ func Run(ctx context.Context, cfg Config) error {
 	r := &runner{Config: cfg, m: newMetrics(cfg.Registerer), changes: cfg.Hub.SubscribeServices(),
 		pending: map[proxy.ServiceKey]time.Time{}, unannounced: map[hub.ServiceKey]struct{}{}, hcPorts: map[proxy.ServiceKey]int32{}, local: map[proxy.ServiceKey]int{}}
 	r.Log = r.Log.Named("proxy")
+	nodes := cfg.Hub.Subscribe()
 	drift := time.NewTicker(cfg.DriftInterval)
 	defer drift.Stop()
 	var retry <-chan time.Time
@@ -119,8 +121,18 @@ func Run(ctx context.Context, cfg Config) error {
 				r.checkDrift(checks%forceReadEvery == 0)
 			}
 			continue
+		case <-nodes:
+			// The node's zone comes from its Node; a change of facts makes the next sync full.
+			if !r.synced {
+				continue
+			}
+			r.refreshFacts()
+			if !r.Syncer.FullNext() {
+				continue
+			}
 		}
 		if !r.synced {
+			r.awaitNodes(ctx, nodes)
 			r.refreshFacts()
 		}
 		if err := r.sync(); err != nil {
@@ -136,6 +148,27 @@ func Run(ctx context.Context, cfg Config) error {
 		retry, backoff = nil, minBackoff
 		if r.Health != nil {
 			r.Health.SetProxyHealthy(true)
+		}
+	}
+}
+
+// nodeWait bounds how long the first sync waits for the Node cache, which gives the node's zone.
+// Without Nodes (RBAC, API trouble) Services are programmed all the same, topology hints ignored
+// until the Nodes come.
+const nodeWait = 2 * time.Second
+
+// awaitNodes waits, before the first sync, until the Node cache is filled (nodes is poked when
+// it is), nodeWait at most.
+func (r *runner) awaitNodes(ctx context.Context, nodes <-chan struct{}) {
+	timeout := time.After(nodeWait)
+	for !r.Hub.NodesSynced() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-nodes:
+		case <-timeout:
+			r.Log.Warn("the Node cache has not synced; programming Services without this node's zone for now", zap.Duration("waited", nodeWait))
+			return
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os/exec"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +18,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/nodenet/nodenet/hub"
@@ -178,7 +181,7 @@ func TestRunnerFollowsChanges(t *testing.T) {
 	}
 }
 
-// counter reads a counter of reg by its mode label.
+// counter reads a counter of reg by its mode label; of a histogram, its number of samples.
 func counter(t *testing.T, reg *prometheus.Registry, name, mode string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -192,6 +195,9 @@ func counter(t *testing.T, reg *prometheus.Registry, name, mode string) float64 
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "mode" && l.GetValue() == mode {
+					if hist := m.GetHistogram(); hist != nil {
+						return float64(hist.GetSampleCount())
+					}
 					return m.GetCounter().GetValue()
 				}
 			}
@@ -228,4 +234,73 @@ func TestPaceGC(t *testing.T) {
 			t.Errorf("GOGC %d: %d after the sync", set, after)
 		}
 	}
+}
+
+// The first sync waits for the Node cache, so it already knows the node's zone, and a later change
+// of the zone label makes the next sync full at once (not at the next drift check).
+func TestRunnerFollowsTheNodesZone(t *testing.T) {
+	nstest.RequireRoot(t)
+	node := nstest.NewNS(t)
+	self := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, ResourceVersion: "1",
+		Labels: map[string]string{corev1.LabelTopologyZone: "zone-1"}}}
+	client := fake.NewClientset(self, service("dns", "10.96.0.10", false), slice("dns", "dns-1", time.Now(), "10.244.0.5"))
+	// The Nodes come after the Services, as in a large cluster.
+	client.PrependReactor("list", "nodes", func(k8stesting.Action) (bool, runtime.Object, error) {
+		time.Sleep(300 * time.Millisecond)
+		return false, nil, nil
+	})
+	h, err := hub.New(kubetest.API{Clientset: client}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var zones []string // as each Facts call found it
+	facts := func() (proxy.Facts, error) {
+		f := proxy.Facts{Node: proxy.Node{Name: nodeName}}
+		nodes, err := h.Nodes()
+		if err != nil {
+			return f, err
+		}
+		for _, n := range nodes {
+			if n.Name == nodeName {
+				f.Node.Zone = n.Zone
+			}
+		}
+		mu.Lock()
+		zones = append(zones, f.Node.Zone)
+		mu.Unlock()
+		return f, nil
+	}
+	seen := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(zones)
+	}
+	syncer := proxy.NewSyncer(proxy.NewApplier(int(node.Fd())), proxy.Facts{}, zaptest.NewLogger(t))
+	reg := prometheus.NewRegistry()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = h.Run(ctx) })
+	wg.Go(func() {
+		_ = Run(ctx, Config{Hub: h, Syncer: syncer, DriftInterval: time.Hour, Registerer: reg, Facts: facts, Log: zaptest.NewLogger(t)})
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	eventually(t, "first full sync", func() bool {
+		return counter(t, reg, "nodenet_proxy_sync_objects_total", "full") > 0
+	})
+	if z := seen(); len(z) == 0 || z[0] != "zone-1" {
+		t.Fatalf("zones the facts were read with: %q, want zone-1 first", z)
+	}
+	full := counter(t, reg, "nodenet_proxy_sync_duration_seconds", "full")
+	self = self.DeepCopy()
+	self.Labels[corev1.LabelTopologyZone] = "zone-2"
+	self.ResourceVersion = "2"
+	if _, err := client.CoreV1().Nodes().Update(ctx, self, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a full sync with zone-2", func() bool {
+		z := seen()
+		return z[len(z)-1] == "zone-2" && counter(t, reg, "nodenet_proxy_sync_duration_seconds", "full") > full
+	})
 }
