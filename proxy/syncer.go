@@ -231,20 +231,32 @@ func (s *Syncer) fragment(k ServiceKey) Fragment {
 	return BuildService(s.facts, in.Service, in.Endpoints)
 }
 
-// keptWorld is the largest world whose full sync builds each fragment once.
-// The benchmark's Services (one port, ten endpoints) take about 0.7 KiB of
-// fragment each, so keeping them costs a few MB at most at this size; the
-// second build it saves was a sixth of a 1,000-Service cold sync's CPU.
-// Larger worlds, where the daemon's peak memory is tight, build twice.
-const keptWorld = 5000
+// keptParts bounds what a full sync keeps of its first pass's fragments so
+// as not to build them again: counted in chains, rules, rule backends and
+// elements, about 50 bytes each. The benchmark's Services (one port, ten
+// endpoints) weigh 14 and take about 0.7 KiB, so 70,000 keeps 5,000 of them
+// (some 3.5 MB) and a larger world keeps part of itself; the second build it
+// saves was a sixth of a 1,000-Service cold sync's CPU.
+const keptParts = 70_000
+
+// weight is what keptParts counts of a fragment.
+func (f Fragment) weight() int {
+	n := len(f.Elements) + len(f.Pairs) + len(f.Sets)
+	for _, c := range f.Chains {
+		n++
+		for _, r := range c.Rules {
+			n += 1 + len(r.Action.Backends) + len(r.Action.Targets)
+		}
+	}
+	return n
+}
 
 // full compares every table with the kernel and sends the differences.
 // It goes table by table, building each shard's fragments only while that
 // shard is compared, so that a cold start at tens of thousands of Services
 // never holds the whole ruleset in memory: a first pass settles the claims
-// (and pair counts) from fragments built and dropped one at a time. A world
-// of at most keptWorld Services keeps the first pass's fragments instead of
-// building them twice.
+// (and pair counts) from fragments built one at a time; the first of them,
+// up to keptParts, are kept for the second pass instead of built twice.
 func (s *Syncer) full() (SyncResult, error) {
 	s.ledger = nil
 	keys := slices.SortedFunc(maps.Keys(s.inputs), compareServiceKeys)
@@ -261,15 +273,12 @@ func (s *Syncer) full() (SyncResult, error) {
 	s.claims = map[elemKey][]ServiceKey{}
 	s.pairs = newPairCounts()
 	byShard := make([][]ServiceKey, serviceShards)
-	var kept map[ServiceKey]Fragment
-	if len(keys) <= keptWorld {
-		kept = make(map[ServiceKey]Fragment, len(keys))
-	}
+	kept, keptWeight := map[ServiceKey]Fragment{}, 0
 	for _, k := range keys {
 		fr := s.fragment(k)
 		s.count(k, fr, 1)
-		if kept != nil {
-			kept[k] = fr
+		if w := fr.weight(); keptWeight+w <= keptParts {
+			kept[k], keptWeight = fr, keptWeight+w
 		}
 		byShard[shardOf(k)] = append(byShard[shardOf(k)], k)
 	}
@@ -328,12 +337,15 @@ func (s *Syncer) full() (SyncResult, error) {
 }
 
 // winning returns the fragments of one shard's Services (keys in order),
-// from kept or built now, with the map elements whose claims they won.
+// taken out of kept or built now, with the map elements whose claims they
+// won.
 func (s *Syncer) winning(keys []ServiceKey, kept map[ServiceKey]Fragment) []Fragment {
 	out := make([]Fragment, 0, len(keys))
 	for _, k := range keys {
 		fr, ok := kept[k]
-		if !ok {
+		if ok {
+			delete(kept, k)
+		} else {
 			fr = s.fragment(k)
 		}
 		won := fr.Elements[:0:0]

@@ -13,6 +13,7 @@
 package nftbatch
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -25,12 +26,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Batch collects one transaction. Queue its operations on Conn, then Send.
+// Batch collects one transaction. Queue its operations on Conn, then Send,
+// once: google/nftables keeps a marshalling error on its Conn for good.
 type Batch struct {
 	// Conn marshals the operations. It never opens a socket: its Flush
 	// hands the marshalled messages to the Batch.
 	Conn *nftables.Conn
 	msgs []netlink.Message
+	sent bool
 }
 
 // New returns an empty Batch.
@@ -55,17 +58,22 @@ func (b *Batch) capture(req []netlink.Message) ([]netlink.Message, error) {
 	return nil, nil
 }
 
-// socketBuffer is what the socket may hold of a batch that goes out in one
+// socketBuffer is what the socket may hold each way. A batch goes out in one
 // sendmsg: the default (about 200 KiB) holds a few hundred rules, and a
-// split cold start sends batches of a few MiB. Raising the limit past the
-// sysctl maximum needs CAP_NET_ADMIN, which a writer of nftables has.
+// split cold start sends batches of a few MiB. A refused batch answers with
+// an error per refused message, each charged about a KiB: a few hundred
+// would overflow the default. Memory is taken only as used; raising the limit
+// past the sysctl maximum needs CAP_NET_ADMIN, which a writer of nftables has.
 const socketBuffer = 64 << 20
 
 // Send writes the batch into the network namespace open as netnsFD (0: the
 // calling thread's). The kernel applies all of it or none; the error names
 // every message it refused and why.
 func (b *Batch) Send(netnsFD int) error {
-	b.msgs = b.msgs[:0]
+	if b.sent {
+		return errors.New("nft batch: sent twice")
+	}
+	b.sent = true
 	if err := b.Conn.Flush(); err != nil {
 		return err // a marshalling error: nothing was sent
 	}
@@ -89,7 +97,7 @@ func (b *Batch) Send(netnsFD int) error {
 		return fmt.Errorf("nft batch: open netlink socket: %w", err)
 	}
 	defer conn.Close()
-	if err := setSendBuffer(conn); err != nil {
+	if err := setBuffers(conn); err != nil {
 		return err
 	}
 	// Answers carry only the header of the refused message, not all of it.
@@ -100,26 +108,28 @@ func (b *Batch) Send(netnsFD int) error {
 	if err != nil {
 		return fmt.Errorf("nft batch: send %d messages: %w", len(msgs)-2, err)
 	}
-	answers, err := drain(conn)
+	answers, overflowed, err := drain(conn)
 	if err != nil {
 		return fmt.Errorf("nft batch: read the kernel's answers: %w", err)
 	}
-	return verdict(sent, answers)
+	return verdict(sent, answers, overflowed)
 }
 
-func setSendBuffer(c *netlink.Conn) error {
+func setBuffers(c *netlink.Conn) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("nft batch: %w", err)
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
+		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			serr = cmp.Or(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, socketBuffer))
+		}
 	}); err != nil {
 		return fmt.Errorf("nft batch: %w", err)
 	}
 	if serr != nil {
-		return fmt.Errorf("nft batch: set send buffer: %w", serr)
+		return fmt.Errorf("nft batch: set socket buffers: %w", serr)
 	}
 	return nil
 }
@@ -127,14 +137,15 @@ func setSendBuffer(c *netlink.Conn) error {
 // drain reads what the kernel queued while it processed the batch. Netlink
 // delivers to the kernel in the sender's context, so by the time sendmsg
 // returned every answer is on the socket: reading stops at the first empty
-// read instead of waiting.
-func drain(c *netlink.Conn) ([]syscall.NetlinkMessage, error) {
+// read instead of waiting. overflowed says the socket dropped answers (it
+// reports that once, with ENOBUFS, and the answers queued before are still
+// read).
+func drain(c *netlink.Conn) (answers []syscall.NetlinkMessage, overflowed bool, err error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	buf := make([]byte, 64<<10)
-	var out []syscall.NetlinkMessage
 	for {
 		var n int
 		var rerr error
@@ -142,21 +153,24 @@ func drain(c *netlink.Conn) ([]syscall.NetlinkMessage, error) {
 			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
 			return true
 		}); err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		if errors.Is(rerr, unix.EAGAIN) {
-			return out, nil
-		}
-		if rerr != nil {
-			return nil, rerr // ENOBUFS: answers were lost, the outcome is unknown
+		switch {
+		case errors.Is(rerr, unix.EAGAIN):
+			return answers, overflowed, nil
+		case errors.Is(rerr, unix.ENOBUFS):
+			overflowed = true
+			continue
+		case rerr != nil:
+			return nil, false, rerr
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		for _, m := range msgs {
 			m.Data = append([]byte(nil), m.Data...) // buf is reused
-			out = append(out, m)
+			answers = append(answers, m)
 		}
 	}
 }
@@ -166,8 +180,9 @@ func drain(c *netlink.Conn) ([]syscall.NetlinkMessage, error) {
 const maxReported = 5
 
 // verdict reads the kernel's answers to the batch sent: nil only when the
-// last message was acknowledged and nothing was refused.
-func verdict(sent []netlink.Message, answers []syscall.NetlinkMessage) error {
+// last message was acknowledged and nothing was refused. Answers lost to an
+// overflow were refusals: a batch the kernel takes has one answer.
+func verdict(sent []netlink.Message, answers []syscall.NetlinkMessage, overflowed bool) error {
 	bySeq := make(map[uint32]int, len(sent))
 	for i, m := range sent {
 		bySeq[m.Header.Sequence] = i
@@ -185,14 +200,13 @@ func verdict(sent []netlink.Message, answers []syscall.NetlinkMessage) error {
 			continue
 		}
 		what := "the batch"
-		if i, ok := bySeq[a.Header.Seq]; ok && i > 0 {
+		if i, ok := bySeq[a.Header.Seq]; ok && i > 0 && i < len(sent)-1 {
 			what = fmt.Sprintf("message %d of %d (%s)", i, len(sent)-2, describe(sent[i]))
 		}
-		reason := unix.Errno(errno).Error()
-		if text := extendedAck(a); text != "" {
-			reason += ": " + text
-		}
-		refused = append(refused, what+": "+reason)
+		refused = append(refused, what+": "+unix.Errno(errno).Error())
+	}
+	if overflowed {
+		refused = append(refused, "more answers lost (socket buffer full)")
 	}
 	switch {
 	case len(refused) > maxReported:
@@ -203,31 +217,6 @@ func verdict(sent []netlink.Message, answers []syscall.NetlinkMessage) error {
 		return fmt.Errorf("nftables did not acknowledge the batch's last message (%s)", describe(sent[len(sent)-2]))
 	}
 	return nil
-}
-
-// extendedAck is the kernel's explanation in an error answer, if it gave one.
-func extendedAck(a syscall.NetlinkMessage) string {
-	const ackTLVs, capped = 0x200, 0x100 // NLM_F_ACK_TLVS, NLM_F_CAPPED
-	if a.Header.Flags&ackTLVs == 0 || len(a.Data) < 4+unix.NLMSG_HDRLEN {
-		return ""
-	}
-	off := 4 + unix.NLMSG_HDRLEN
-	if a.Header.Flags&capped == 0 {
-		off = 4 + int(binary.NativeEndian.Uint32(a.Data[4:]))
-	}
-	if off > len(a.Data) {
-		return ""
-	}
-	attrs, err := netlink.UnmarshalAttributes(a.Data[off:])
-	if err != nil {
-		return ""
-	}
-	for _, at := range attrs {
-		if at.Type == unix.NLMSGERR_ATTR_MSG {
-			return strings.TrimRight(string(at.Data), "\x00")
-		}
-	}
-	return ""
 }
 
 // describe names a batch message's operation and object, as "add rule
@@ -249,8 +238,8 @@ func describe(m netlink.Message) string {
 		switch at.Type &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER) {
 		case 1: // NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,SET_ELEM_LIST_TABLE}
 			table = strings.TrimRight(string(at.Data), "\x00")
-		case 2: // NFTA_{RULE_CHAIN,SET_NAME,SET_ELEM_LIST_SET}
-			if op != "add chain" && op != "delete chain" {
+		case 2: // NFTA_{RULE_CHAIN,SET_NAME,SET_ELEM_LIST_SET}; a table's flags
+			if !strings.HasSuffix(op, " table") && !strings.HasSuffix(op, " chain") {
 				name = strings.TrimRight(string(at.Data), "\x00")
 			}
 		case 3: // NFTA_CHAIN_NAME
