@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/nodenet/nodenet/internal/nftbatch"
 )
 
 // HostPortsConfig configures HostPorts.
@@ -710,17 +712,18 @@ func entryDiff(have, want []hostPortEntry) (added, removed []hostPortEntry) {
 
 // hpBatch is one transaction, on a connection of its own.
 type hpBatch struct {
-	c *nftables.Conn
-	t *nftables.Table
-	n int // messages queued
+	batch *nftbatch.Batch
+	c     *nftables.Conn // batch.Conn, where the operations queue
+	t     *nftables.Table
+	n     int // messages queued
 }
 
 func (h *HostPorts) newBatch() (*hpBatch, error) {
-	c, err := h.conn()
+	b, err := nftbatch.New()
 	if err != nil {
 		return nil, err
 	}
-	return &hpBatch{c: c, t: h.table()}, nil
+	return &hpBatch{batch: b, c: b.Conn, t: h.table()}, nil
 }
 
 func (b *hpBatch) add(s *nftables.Set, els []nftables.SetElement) {
@@ -770,7 +773,7 @@ func (h *HostPorts) sendLocked(b *hpBatch) error {
 	if b.n == 0 {
 		return nil
 	}
-	if err := b.c.Flush(); err != nil {
+	if err := b.batch.Send(h.netnsFD); err != nil {
 		h.ready = false
 		return err
 	}
