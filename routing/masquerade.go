@@ -11,6 +11,8 @@ import (
 	"github.com/google/nftables/expr"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/nodenet/nodenet/internal/nftbatch"
 )
 
 const (
@@ -161,12 +163,19 @@ func (l *Local) ensureMasquerade() error {
 		want = append(want, r.exprs())
 	}
 
+	// Reads go through l.nft, the write through a batch of its own: an error between the two
+	// leaves nothing queued for a later write to send.
+	batch, err := nftbatch.New()
+	if err != nil {
+		return err
+	}
+	w := batch.Conn
 	tables, err := l.nft.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return fmt.Errorf("list nft tables: %w", err)
 	}
 	if !hasTable(tables) {
-		l.nft.AddTable(table)
+		w.AddTable(table)
 	}
 	chains, err := l.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -174,13 +183,13 @@ func (l *Local) ensureMasquerade() error {
 	}
 	switch have := findChain(chains); {
 	case have == nil:
-		l.nft.AddChain(chain)
+		w.AddChain(chain)
 	case !sameHook(have, chain):
 		// A base chain's hook cannot be changed in place; both steps share the batch below, so
 		// the switch is atomic. A chain must be empty to be deleted.
-		l.nft.FlushChain(chain)
-		l.nft.DelChain(chain)
-		l.nft.AddChain(chain)
+		w.FlushChain(chain)
+		w.DelChain(chain)
+		w.AddChain(chain)
 	default:
 		rules, err := l.nft.GetRules(table, chain)
 		if err != nil {
@@ -189,12 +198,12 @@ func (l *Local) ensureMasquerade() error {
 		if sameRules(rules, want) {
 			return nil
 		}
-		l.nft.FlushChain(chain)
+		w.FlushChain(chain)
 	}
 	for _, e := range want {
-		l.nft.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: e})
+		w.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: e})
 	}
-	if err := l.nft.Flush(); err != nil {
+	if err := batch.Send(l.nft.NetNS); err != nil { // the namespace l.nft reads
 		return fmt.Errorf("write chain %s: %w", masqChain, err)
 	}
 	l.log.Info("wrote masquerade chain", zap.String("chain", masqChain), zap.Int("rules", len(want)))
