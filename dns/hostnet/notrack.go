@@ -11,6 +11,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/nodenet/nodenet/internal/nftbatch"
 )
 
 const (
@@ -129,13 +131,20 @@ func EnsureNotrack(c *nftables.Conn, addrs []netip.Addr, port uint16) (changed b
 	}
 	want := buildNotrack(addrs, port)
 	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: tableName}
+	// Reads go through c, the write through a batch of its own in c's namespace: an error
+	// between the two leaves nothing queued on c.
+	batch, err := nftbatch.New()
+	if err != nil {
+		return false, err
+	}
+	w := batch.Conn
 
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return false, fmt.Errorf("list nft tables: %w", err)
 	}
 	if !hasTable(tables) {
-		c.AddTable(table)
+		w.AddTable(table)
 		changed = true
 	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
@@ -157,7 +166,7 @@ func EnsureNotrack(c *nftables.Conn, addrs []netip.Addr, port uint16) (changed b
 			Hooknum:  spec.hook,
 			Priority: nftables.ChainPriorityRaw,
 		}
-		wrote, err := ensureChain(c, findChain(chains, spec.name), chain, spec.rules)
+		wrote, err := ensureChain(c, w, findChain(chains, spec.name), chain, spec.rules)
 		if err != nil {
 			return false, err
 		}
@@ -166,36 +175,36 @@ func EnsureNotrack(c *nftables.Conn, addrs []netip.Addr, port uint16) (changed b
 	if !changed {
 		return false, nil
 	}
-	if err := c.Flush(); err != nil {
+	if err := batch.Send(c.NetNS); err != nil {
 		return false, fmt.Errorf("write DNS notrack chains: %w", err)
 	}
 	return true, nil
 }
 
-// ensureChain queues what brings chain from have (nil: missing) to rules, and reports whether it
-// queued anything.
-func ensureChain(c *nftables.Conn, have, chain *nftables.Chain, rules []notrackRule) (bool, error) {
+// ensureChain queues on w what brings chain from have (nil: missing) to rules, reading its rules
+// through r, and reports whether it queued anything.
+func ensureChain(r, w *nftables.Conn, have, chain *nftables.Chain, rules []notrackRule) (bool, error) {
 	switch {
 	case have == nil:
-		c.AddChain(chain)
+		w.AddChain(chain)
 	case !sameHook(have, chain):
 		// A base chain's hook cannot change in place; the delete and the add share the one
 		// transaction, so no packet sees the table without the chain. A chain must be empty to go.
-		c.FlushChain(chain)
-		c.DelChain(chain)
-		c.AddChain(chain)
+		w.FlushChain(chain)
+		w.DelChain(chain)
+		w.AddChain(chain)
 	default:
-		got, err := c.GetRules(chain.Table, chain)
+		got, err := r.GetRules(chain.Table, chain)
 		if err != nil {
 			return false, fmt.Errorf("list rules of chain %s: %w", chain.Name, err)
 		}
 		if sameRules(got, rules) {
 			return false, nil
 		}
-		c.FlushChain(chain)
+		w.FlushChain(chain)
 	}
-	for _, r := range rules {
-		c.AddRule(&nftables.Rule{Table: chain.Table, Chain: chain, Exprs: r.exprs()})
+	for _, rule := range rules {
+		w.AddRule(&nftables.Rule{Table: chain.Table, Chain: chain, Exprs: rule.exprs()})
 	}
 	return true, nil
 }
