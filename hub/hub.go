@@ -11,12 +11,10 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -43,9 +41,11 @@ type API interface {
 // Hub starts the informers and fans change notifications out to subscribers.
 type Hub struct {
 	informers []cache.SharedIndexInformer
-	nodes     cache.Store            // *corev1.Node, stripped
-	synced    []cache.InformerSynced // the Node cache: routing needs nothing else
-	log       *zap.Logger
+	nodes     cache.Store // *corev1.Node, stripped
+	// The Node cache, which is all routing needs: its handler registration, done once the
+	// handler has seen the initial list.
+	nodesSynced cache.DoneChecker
+	log         *zap.Logger
 
 	services       cache.Indexer // *Service, by namespace/name
 	slices         *slicesByService
@@ -64,15 +64,16 @@ func New(api API, log *zap.Logger) (*Hub, error) {
 	if err := nodeInformer.SetTransform(stripNode); err != nil {
 		return nil, fmt.Errorf("set node transform: %w", err)
 	}
-	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	nodeReg, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { h.poke() },
 		UpdateFunc: func(old, cur any) { h.nodeUpdated(old, cur) },
 		DeleteFunc: func(any) { h.poke() },
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("add node handler: %w", err)
 	}
 	h.nodes = nodeInformer.GetStore()
-	h.synced = append(h.synced, nodeInformer.HasSynced)
+	h.nodesSynced = nodeReg.HasSyncedChecker()
 	if err := h.addServiceInformers(api); err != nil {
 		return nil, err
 	}
@@ -130,10 +131,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	}
 	// The waits return when ctx ends too: a shutdown before the caches filled is not a failure.
 	wg.Go(func() {
-		// client-go's WaitForCacheSync looks every 100 ms; the proxy's first sync waits for this.
-		if wait.PollUntilContextCancel(ctx, nodeSyncPoll, true, func(context.Context) (bool, error) {
-			return h.NodesSynced(), nil
-		}) == nil {
+		if h.WaitForSync(ctx) == nil {
 			h.log.Info("node cache synced")
 			h.poke()
 		}
@@ -143,26 +141,27 @@ func (h *Hub) Run(ctx context.Context) error {
 	return nil
 }
 
-// nodeSyncPoll is how often Run looks whether the Node cache is filled.
-const nodeSyncPoll = 5 * time.Millisecond
-
 // NodesSynced reports whether the Node cache holds the initial list; subscribers are poked when
 // it does.
 func (h *Hub) NodesSynced() bool {
-	for _, synced := range h.synced {
-		if !synced() {
-			return false
-		}
+	select {
+	case <-h.nodesSynced.Done():
+		return true
+	default:
+		return false
 	}
-	return true
 }
 
-// WaitForSync blocks until the Node cache is filled or ctx ends.
+// WaitForSync blocks until the Node cache is filled or ctx ends. It waits on the registration's
+// channel, not client-go's WaitForCacheSync, which looks every 100 ms: the proxy's first sync
+// waits for this.
 func (h *Hub) WaitForSync(ctx context.Context) error {
-	if !cache.WaitForCacheSync(ctx.Done(), h.synced...) {
-		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
+	select {
+	case <-h.nodesSynced.Done():
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("node cache did not sync: %w", ctx.Err())
 	}
-	return nil
 }
 
 // Nodes returns every Node, sorted by name.

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -9,8 +8,6 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/nodenet/nodenet/internal/nftbatch"
 )
@@ -49,7 +46,7 @@ func NewApplier(netnsFD int) *Applier {
 // drift check does, took 44–51 ms that way, and 21 ms with one socket.
 // (Writes go through nftbatch.)
 func (a *Applier) newReader() (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(largeReceiveBuffer)}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(nftbatch.LargeReceiveBuffer)}
 	if a.netnsFD != 0 {
 		opts = append(opts, nftables.WithNetNSFd(a.netnsFD))
 	}
@@ -58,26 +55,6 @@ func (a *Applier) newReader() (*nftables.Conn, error) {
 		return nil, fmt.Errorf("nft conn: %w", err)
 	}
 	return c, nil
-}
-
-// receiveBuffer is what a reading socket may hold: a dump of a shard at
-// 10,000 Services is several MiB, and the kernel stops filling the socket
-// at the default (about 200 KiB) until it is read. Forcing it past the
-// sysctl limit needs CAP_NET_ADMIN, which the daemon has.
-const receiveBuffer = 64 << 20
-
-func largeReceiveBuffer(c *netlink.Conn) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	err = raw.Control(func(fd uintptr) {
-		if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, receiveBuffer); e != nil {
-			serr = fmt.Errorf("set netlink socket buffer: %w", e)
-		}
-	})
-	return cmp.Or(err, serr)
 }
 
 // Apply makes the proxy's part of table m.Table equal to m, whatever is

@@ -255,8 +255,8 @@ func (f Fragment) weight() int {
 // It goes table by table, building each shard's fragments only while that
 // shard is compared, so that a cold start at tens of thousands of Services
 // never holds the whole ruleset in memory: a first pass settles the claims
-// (and pair counts) from fragments built one at a time; the first of them,
-// up to keptParts, are kept for the second pass instead of built twice.
+// (and pair counts) from fragments built one at a time; as many of them as
+// fit in keptParts are kept for the second pass instead of built twice.
 func (s *Syncer) full() (SyncResult, error) {
 	s.ledger = nil
 	keys := slices.SortedFunc(maps.Keys(s.inputs), compareServiceKeys)

@@ -97,7 +97,7 @@ func (b *Batch) Send(netnsFD int) error {
 		return fmt.Errorf("nft batch: open netlink socket: %w", err)
 	}
 	defer conn.Close()
-	if err := setBuffers(conn); err != nil {
+	if err := forceBuffers(conn, unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE); err != nil {
 		return err
 	}
 	// Answers carry only the header of the refused message, not all of it.
@@ -115,14 +115,21 @@ func (b *Batch) Send(netnsFD int) error {
 	return verdict(sent, answers, overflowed)
 }
 
-func setBuffers(c *netlink.Conn) error {
+// LargeReceiveBuffer raises a reading socket's receive buffer to socketBuffer, as a
+// google/nftables SockOption: a dump of a table with thousands of Services is several MiB, and
+// the kernel stops filling the socket at the default until it is read.
+func LargeReceiveBuffer(c *netlink.Conn) error {
+	return forceBuffers(c, unix.SO_RCVBUFFORCE)
+}
+
+func forceBuffers(c *netlink.Conn, opts ...int) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("nft batch: %w", err)
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
-		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+		for _, opt := range opts {
 			serr = cmp.Or(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, socketBuffer))
 		}
 	}); err != nil {
@@ -222,44 +229,47 @@ func verdict(sent []netlink.Message, answers []syscall.NetlinkMessage, overflowe
 // describe names a batch message's operation and object, as "add rule
 // nodenet-svc-03 service-ABC…".
 func describe(m netlink.Message) string {
-	op, ok := operations[uint16(m.Header.Type)&0xff]
+	typ := uint16(m.Header.Type) & 0xff
+	op, ok := operations[typ]
 	if !ok {
-		op = fmt.Sprintf("operation %d", uint16(m.Header.Type)&0xff)
+		return fmt.Sprintf("operation %d", typ)
 	}
 	if len(m.Data) < 4 {
-		return op
+		return op.verb
 	}
 	attrs, err := netlink.UnmarshalAttributes(m.Data[4:])
 	if err != nil {
-		return op
+		return op.verb
 	}
-	var table, name string
-	for _, at := range attrs {
-		switch at.Type &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER) {
-		case 1: // NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,SET_ELEM_LIST_TABLE}
-			table = strings.TrimRight(string(at.Data), "\x00")
-		case 2: // NFTA_{RULE_CHAIN,SET_NAME,SET_ELEM_LIST_SET}; a table's flags
-			if !strings.HasSuffix(op, " table") && !strings.HasSuffix(op, " chain") {
-				name = strings.TrimRight(string(at.Data), "\x00")
-			}
-		case 3: // NFTA_CHAIN_NAME
-			if op == "add chain" || op == "delete chain" {
-				name = strings.TrimRight(string(at.Data), "\x00")
+	named := []uint16{1} // NFTA_*_TABLE, and NFTA_TABLE_NAME of a table message
+	if op.name != 0 {
+		named = append(named, op.name)
+	}
+	words := []string{op.verb}
+	for _, want := range named {
+		for _, at := range attrs {
+			if at.Type&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER) == want {
+				words = append(words, strings.TrimRight(string(at.Data), "\x00"))
 			}
 		}
 	}
-	return strings.TrimSpace(strings.Join([]string{op, table, name}, " "))
+	return strings.Join(words, " ")
 }
 
-var operations = map[uint16]string{
-	unix.NFT_MSG_NEWTABLE:   "add table",
-	unix.NFT_MSG_DELTABLE:   "delete table",
-	unix.NFT_MSG_NEWCHAIN:   "add chain",
-	unix.NFT_MSG_DELCHAIN:   "delete chain",
-	unix.NFT_MSG_NEWRULE:    "add rule",
-	unix.NFT_MSG_DELRULE:    "delete rules of",
-	unix.NFT_MSG_NEWSET:     "add set",
-	unix.NFT_MSG_DELSET:     "delete set",
-	unix.NFT_MSG_NEWSETELEM: "add elements to",
-	unix.NFT_MSG_DELSETELEM: "delete elements of",
+// operations names the messages a batch holds, with the attribute naming
+// the object inside the table (0: the table itself).
+var operations = map[uint16]struct {
+	verb string
+	name uint16
+}{
+	unix.NFT_MSG_NEWTABLE:   {"add table", 0},
+	unix.NFT_MSG_DELTABLE:   {"delete table", 0},
+	unix.NFT_MSG_NEWCHAIN:   {"add chain", unix.NFTA_CHAIN_NAME},
+	unix.NFT_MSG_DELCHAIN:   {"delete chain", unix.NFTA_CHAIN_NAME},
+	unix.NFT_MSG_NEWRULE:    {"add rule", unix.NFTA_RULE_CHAIN},
+	unix.NFT_MSG_DELRULE:    {"delete rules of", unix.NFTA_RULE_CHAIN},
+	unix.NFT_MSG_NEWSET:     {"add set", unix.NFTA_SET_NAME},
+	unix.NFT_MSG_DELSET:     {"delete set", unix.NFTA_SET_NAME},
+	unix.NFT_MSG_NEWSETELEM: {"add elements to", unix.NFTA_SET_ELEM_LIST_SET},
+	unix.NFT_MSG_DELSETELEM: {"delete elements of", unix.NFTA_SET_ELEM_LIST_SET},
 }

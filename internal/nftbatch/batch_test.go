@@ -17,13 +17,19 @@ import (
 
 var inet = nftables.TableFamilyINet
 
-func TestSendWritesTheBatch(t *testing.T) {
-	nstest.RequireRoot(t)
-	node := nstest.NewNS(t)
+func newBatch(t *testing.T) *Batch {
+	t.Helper()
 	b, err := New()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return b
+}
+
+func TestSendWritesTheBatch(t *testing.T) {
+	nstest.RequireRoot(t)
+	node := nstest.NewNS(t)
+	b := newBatch(t)
 	tab := b.Conn.AddTable(&nftables.Table{Family: inet, Name: "t"})
 	ch := b.Conn.AddChain(&nftables.Chain{Table: tab, Name: "c"})
 	b.Conn.AddRule(&nftables.Rule{Table: tab, Chain: ch, Exprs: []expr.Any{&expr.Counter{}}})
@@ -58,15 +64,11 @@ func TestSendWritesTheBatch(t *testing.T) {
 	if err := b.Send(int(node.Fd())); err == nil {
 		t.Fatal("a batch was sent twice")
 	}
-	if b, err = New(); err != nil {
-		t.Fatal(err)
-	}
+	b = newBatch(t)
 	if err := b.Send(int(node.Fd())); err != nil {
 		t.Fatalf("empty batch: %v", err)
 	}
-	if b, err = New(); err != nil {
-		t.Fatal(err)
-	}
+	b = newBatch(t)
 	b.Conn.DelTable(tab)
 	if err := b.Send(int(node.Fd())); err != nil {
 		t.Fatal(err)
@@ -79,17 +81,14 @@ func TestSendWritesTheBatch(t *testing.T) {
 func TestSendRefusalNamesTheMessageAndAppliesNothing(t *testing.T) {
 	nstest.RequireRoot(t)
 	node := nstest.NewNS(t)
-	b, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newBatch(t)
 	tab := b.Conn.AddTable(&nftables.Table{Family: inet, Name: "t"})
 	b.Conn.AddChain(&nftables.Chain{Table: tab, Name: "c"})
 	b.Conn.AddRule(&nftables.Rule{Table: tab, Chain: &nftables.Chain{Table: tab, Name: "missing"},
 		Exprs: []expr.Any{&expr.Counter{}}})
 	b.Conn.AddChain(&nftables.Chain{Table: tab, Name: "d"})
 
-	err = b.Send(int(node.Fd()))
+	err := b.Send(int(node.Fd()))
 	if err == nil {
 		t.Fatal("a rule in a missing chain was accepted")
 	}
@@ -107,17 +106,14 @@ func TestSendRefusalNamesTheMessageAndAppliesNothing(t *testing.T) {
 func TestSendReportsAFewOfManyRefusals(t *testing.T) {
 	nstest.RequireRoot(t)
 	node := nstest.NewNS(t)
-	b, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newBatch(t)
 	tab := b.Conn.AddTable(&nftables.Table{Family: inet, Name: "t"})
 	// Enough refusals to overflow a socket's default receive buffer.
 	for i := range 2000 {
 		b.Conn.AddRule(&nftables.Rule{Table: tab, Chain: &nftables.Chain{Table: tab, Name: fmt.Sprint("missing-", i)},
 			Exprs: []expr.Any{&expr.Counter{}}})
 	}
-	err = b.Send(int(node.Fd()))
+	err := b.Send(int(node.Fd()))
 	if err == nil || !strings.Contains(err.Error(), "missing-4") || strings.Contains(err.Error(), "missing-5") ||
 		!strings.HasSuffix(err.Error(), "and 1995 more") {
 		t.Fatalf("error %v: want the first %d refusals named and 1995 more counted", err, maxReported)
