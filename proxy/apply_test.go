@@ -208,7 +208,7 @@ type topology struct {
 	node, pod1, pod2, client ns.NetNS
 }
 
-func newTopology(t *testing.T) *topology {
+func newTopology(t testing.TB) *topology {
 	t.Helper()
 	tp := &topology{node: newNS(t), pod1: newNS(t), pod2: newNS(t), client: newNS(t)}
 	nodeH := nsHandle(t, tp.node)
@@ -252,7 +252,7 @@ func newTopology(t *testing.T) *topology {
 	return tp
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

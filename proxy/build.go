@@ -168,6 +168,9 @@ func assemble(m Model, frags []Fragment) Model {
 		m.Sets = append(m.Sets, fr.Sets...)
 		for _, e := range fr.Elements {
 			add(e)
+			if ks := keySetOf[e.Map]; ks != "" && maps[ks] != nil {
+				add(Element{Map: ks, MapElement: MapElement{Key: e.Key}})
+			}
 		}
 		for _, a := range fr.Pairs {
 			add(Element{Map: setHairpin(familyOf(a)), MapElement: MapElement{Key: MapKey{Addr: a}}})
@@ -207,7 +210,18 @@ func Skeleton(facts Facts) Model {
 	// destination is a node address (a fib lookup unless
 	// nodePortAddresses lists them): every new connection of the node
 	// meets every shard's nat chain, and the lookup is the dearest part.
-	dispatch := []Rule{{Action: jump(chainFirewallCheck)}, {Action: jump(chainEndpointsCheck)}}
+	var dispatch []Rule
+	for _, f := range families {
+		dispatch = append(dispatch, Rule{
+			Matches: []Match{
+				{Field: FieldServiceKey, Neg: true, Family: f, Set: setServiceKeys(f)},
+				{Field: FieldNodePortKey, Neg: true, Family: f, Set: setNodePortKeys(f)},
+			},
+			Action:  Action{Kind: ActReturn},
+			Comment: "no Service here",
+		})
+	}
+	dispatch = append(dispatch, Rule{Action: jump(chainFirewallCheck)}, Rule{Action: jump(chainEndpointsCheck)})
 	var nodePorts []Chain
 	m := Model{Table: TableName}
 	services := Chain{Name: chainServices}
@@ -248,6 +262,8 @@ func Skeleton(facts Facts) Model {
 			VerdictMap{Name: mapFirewallIPs(f), Family: f, Key: keyAddrProtoPort},
 			VerdictMap{Name: setHairpin(f), Family: f, Key: keyAddrPair, Plain: true},
 			VerdictMap{Name: setClusterIPs(f), Family: f, Key: keyAddrProtoPort, Plain: true},
+			VerdictMap{Name: setServiceKeys(f), Family: f, Key: keyAddrProtoPort, Plain: true},
+			VerdictMap{Name: setNodePortKeys(f), Family: f, Key: keyProtoPort, Plain: true},
 		)
 	}
 	dispatch = append(dispatch, Rule{Action: jump(chainServices)})

@@ -73,12 +73,18 @@ const (
 	// Match.Set, a set keyed as the Service maps are: it holds for a packet
 	// to one of the listed Service addresses and ports.
 	FieldServiceKey Field = "daddr . meta l4proto . th dport"
+	// FieldNodePortKey is meta l4proto . th dport looked up in Match.Set, a
+	// set keyed as the NodePort maps are.
+	FieldNodePortKey Field = "meta l4proto . th dport"
 )
 
 // setKey is the key of the set a concatenation field is looked up in.
 func (f Field) setKey() []Field {
-	if f == FieldAddrPair {
+	switch f {
+	case FieldAddrPair:
 		return keyAddrPair
+	case FieldNodePortKey:
+		return keyProtoPort
 	}
 	return keyAddrProtoPort
 }

@@ -376,7 +376,7 @@ func (tr *translator) matchExprs(m Match) ([]expr.Any, error) {
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 			&expr.Cmp{Op: cmpOp(m.Neg), Register: 1, Data: []byte{p}},
 		}, nil
-	case FieldAddrPair, FieldServiceKey:
+	case FieldAddrPair, FieldServiceKey, FieldNodePortKey:
 		if m.Set == "" {
 			return nil, fmt.Errorf("%s match without set", m.Field)
 		}
@@ -580,7 +580,7 @@ func ownedName(name string) bool {
 	}
 	for _, f := range families {
 		switch name {
-		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f), setHairpin(f), setClusterIPs(f), chainNodePorts(f):
+		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f), setHairpin(f), setClusterIPs(f), setServiceKeys(f), setNodePortKeys(f), chainNodePorts(f):
 			return true
 		}
 	}

@@ -129,7 +129,7 @@ func (m Match) String() string {
 		return fmt.Sprintf("fib %s type %slocal", dir, neg)
 	case FieldNFProto:
 		return "meta nfproto " + neg + familyName(m.Family)
-	case FieldAddrPair, FieldServiceKey:
+	case FieldAddrPair, FieldServiceKey, FieldNodePortKey:
 		return fmt.Sprintf("%s %s@%s", keyExpr(m.Family, m.Field.setKey()), neg, m.Set)
 	}
 	return fmt.Sprintf("<%s?>", m.Field)

@@ -488,6 +488,9 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 			w.elems[ek] = e
 		}
 	}
+	for t, h := range have {
+		keySetChanges(s.ledger[t], h, want[t])
+	}
 	for pk, was := range oldPairs {
 		ek := pk.elemKey()
 		h, w := scope(TableName)

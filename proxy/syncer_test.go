@@ -66,6 +66,7 @@ func checkLedger(t *testing.T, s *Syncer) {
 		if sum := diffSummary(have, *s.ledger[table]); sum != "" {
 			t.Errorf("table %s differs from the ledger: %s", table, sum)
 		}
+		checkKeySets(t, table, have)
 	}
 	st := State{Node: s.facts.Node, ClusterCIDRs: s.facts.ClusterCIDRs, Endpoints: map[ServiceKey][]Endpoint{}}
 	for k, src := range s.inputs {
@@ -77,6 +78,33 @@ func checkLedger(t *testing.T, s *Syncer) {
 	}
 	if sum := diffSummary(logical, digestOf(Build(st))); sum != "" {
 		t.Errorf("the tables together differ from a full build: %s", sum)
+	}
+}
+
+// checkKeySets asserts that a table's key sets hold exactly the keys of the
+// map elements in that table: a key missing would let the dispatch skip a
+// Service, a stale one only costs time, but either means the partial syncs
+// lost track.
+func checkKeySets(t *testing.T, table string, have Digest) {
+	t.Helper()
+	want, got := map[elemKey]bool{}, map[elemKey]bool{}
+	for ek := range have.Elems {
+		if ks := keySetOf[ek.Map]; ks != "" {
+			want[elemKey{ks, ek.Key}] = true
+		}
+		if _, ok := keySetSources[ek.Map]; ok {
+			got[ek] = true
+		}
+	}
+	for ek := range want {
+		if !got[ek] {
+			t.Errorf("table %s: key %v of its maps missing from %s", table, ek.Key, ek.Map)
+		}
+	}
+	for ek := range got {
+		if !want[ek] {
+			t.Errorf("table %s: %s holds %v, which none of its maps has", table, ek.Map, ek.Key)
+		}
 	}
 }
 
@@ -100,11 +128,12 @@ func TestSyncerTransactionSize(t *testing.T) {
 
 	// One new Service: its 2 chains (service, external), their 3 rules,
 	// 3 map elements (ClusterIP, NodePort, the ClusterIP key to masquerade
-	// from off-cluster sources), 1 hairpin pair (its endpoint on this node;
-	// the other node's pod cannot hairpin here).
+	// from off-cluster sources), 2 key-set elements (its ClusterIP and
+	// NodePort keys in its shard), 1 hairpin pair (its endpoint on this
+	// node; the other node's pod cannot hairpin here).
 	res = mustSync(t, s, manyServices(1000, 1))
-	if res.Full || res.Batches != 1 || res.Ops != 9 {
-		t.Errorf("adding one Service to 1000: %+v, want 9 objects in one partial batch", res)
+	if res.Full || res.Batches != 1 || res.Ops != 11 {
+		t.Errorf("adding one Service to 1000: %+v, want 11 objects in one partial batch", res)
 	}
 	// One endpoint gone: the service chain rewritten (flush + its rule).
 	k := ServiceKey{"bench", "svc-00007"}
@@ -113,10 +142,10 @@ func TestSyncerTransactionSize(t *testing.T) {
 	if res := mustSync(t, s, map[ServiceKey]InputSource{k: &in}); res.Ops != 2 || res.Batches != 1 {
 		t.Errorf("removing one endpoint: %+v, want 2 objects in one batch", res)
 	}
-	// A Service deleted: 3 map elements and 1 hairpin pair deleted, 2
-	// chains flushed and deleted.
-	if res := mustSync(t, s, map[ServiceKey]InputSource{{"bench", "svc-00008"}: nil}); res.Ops != 8 {
-		t.Errorf("deleting one Service: %+v, want 8 objects", res)
+	// A Service deleted: 3 map elements, 2 key-set elements and 1 hairpin
+	// pair deleted, 2 chains flushed and deleted.
+	if res := mustSync(t, s, map[ServiceKey]InputSource{{"bench", "svc-00008"}: nil}); res.Ops != 10 {
+		t.Errorf("deleting one Service: %+v, want 10 objects", res)
 	}
 	checkLedger(t, s)
 
@@ -256,8 +285,8 @@ func TestSyncerRejectsBrokenServiceAlone(t *testing.T) {
 	for _, d := range s.ledger {
 		maps.Copy(written, d.Elems)
 	}
-	if len(written) != 9 {
-		t.Errorf("%d map elements written, want the 3 good Services' 9 (ClusterIP, NodePort, masquerade key)", len(written))
+	if len(written) != 15 {
+		t.Errorf("%d map elements written, want the 3 good Services' 15 (ClusterIP, NodePort, masquerade key, and the ClusterIP and NodePort keys in their shards' key sets)", len(written))
 	}
 	for ek := range written {
 		if ek.Key.Addr == a("10.96.1.1") {

@@ -52,7 +52,7 @@ func RequireTool(t *testing.T, name string) string {
 
 // NewNS creates a named network namespace (under /run/netns, so `ip netns exec` finds it) and
 // removes it when the test ends, whatever happens.
-func NewNS(t *testing.T) ns.NetNS {
+func NewNS(t testing.TB) ns.NetNS {
 	t.Helper()
 	n, err := testutils.NewNS()
 	if err != nil {
@@ -117,7 +117,7 @@ func (n *IPNetns) Exec(t *testing.T, name string, args ...string) {
 }
 
 // NetlinkHandle is a netlink handle inside n, closed when the test ends.
-func NetlinkHandle(t *testing.T, n ns.NetNS) *netlink.Handle {
+func NetlinkHandle(t testing.TB, n ns.NetNS) *netlink.Handle {
 	t.Helper()
 	h, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()))
 	if err != nil {
@@ -128,7 +128,7 @@ func NetlinkHandle(t *testing.T, n ns.NetNS) *netlink.Handle {
 }
 
 // NFTConn is an nftables connection inside n.
-func NFTConn(t *testing.T, n ns.NetNS) *nftables.Conn {
+func NFTConn(t testing.TB, n ns.NetNS) *nftables.Conn {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(int(n.Fd())))
 	if err != nil {
