@@ -1,5 +1,12 @@
 package proxy
 
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
 // Every new connection of the node meets the nat hooks of every shard table
 // (layout.go). A shard's dispatch used to look the destination up in its
 // firewall, no-endpoint, NodePort and Service maps in turn, with a fib lookup
@@ -40,40 +47,71 @@ var keySetSources = func() map[string][]string {
 	return out
 }()
 
+// isKeySet says whether a set is a derived key set. The ledger leaves their
+// elements out, as it does hairpin pairs: at 10,000 Services they were
+// another 10,000 entries, and every one follows from an element it holds.
+func isKeySet(name string) bool {
+	_, ok := keySetSources[name]
+	return ok
+}
+
 // keySetChanges adds to a partial sync of one table the key-set elements that
 // its map changes call for. ledger is the table as written before; h and w
 // are what the sync takes out of and puts into it (h.Elems lists every
 // element to be replaced or removed, w.elems every one to be written).
 func keySetChanges(ledger *Digest, h *Digest, w *desired) {
 	keys := map[elemKey]bool{}
-	for ek := range h.Elems {
-		if ks := keySetOf[ek.Map]; ks != "" {
-			keys[elemKey{ks, ek.Key}] = true
-		}
-	}
-	for ek := range w.elems {
+	for _, ek := range slices.Concat(slices.Collect(maps.Keys(h.Elems)), slices.Collect(maps.Keys(w.elems))) {
 		if ks := keySetOf[ek.Map]; ks != "" {
 			keys[elemKey{ks, ek.Key}] = true
 		}
 	}
 	for kk := range keys {
-		after := false
+		before, after := false, false
 		for _, m := range keySetSources[kk.Map] {
 			ek := elemKey{m, kk.Key}
 			_, written := w.elems[ek]
 			_, removed := h.Elems[ek]
 			_, held := ledger.Elems[ek]
-			if written || held && !removed {
-				after = true
-				break
-			}
+			before = before || held
+			after = after || written || held && !removed
 		}
-		old, before := ledger.Elems[kk]
 		switch {
 		case before && !after:
-			h.Elems[kk] = old
+			h.Elems[kk] = ""
 		case after && !before:
 			w.elems[kk] = MapElement{Key: kk.Key}
 		}
 	}
+}
+
+// keySetDrift takes the key-set elements out of have, read from the kernel,
+// and describes how they differ from the keys of its maps' elements ("" when
+// they do not).
+func keySetDrift(have *Digest) string {
+	want := map[elemKey]bool{}
+	var extra int
+	for ek := range have.Elems {
+		if ks := keySetOf[ek.Map]; ks != "" {
+			want[elemKey{ks, ek.Key}] = true
+		}
+	}
+	for ek := range have.Elems {
+		if !isKeySet(ek.Map) {
+			continue
+		}
+		delete(have.Elems, ek)
+		if !want[ek] {
+			extra++
+		}
+		delete(want, ek)
+	}
+	var out []string
+	if len(want) > 0 {
+		out = append(out, fmt.Sprintf("%d Service keys missing", len(want)))
+	}
+	if extra > 0 {
+		out = append(out, fmt.Sprintf("%d Service keys extra", extra))
+	}
+	return strings.Join(out, ", ")
 }

@@ -184,7 +184,8 @@ func (s *Syncer) CheckDrift(force bool) (SyncResult, bool, error) {
 			if table == TableName {
 				pairSum = s.pairDrift(&have)
 			}
-			sums := slices.DeleteFunc([]string{diffSummary(have, *want), pairSum}, func(s string) bool { return s == "" })
+			keySum := keySetDrift(&have)
+			sums := slices.DeleteFunc([]string{diffSummary(have, *want), pairSum, keySum}, func(s string) bool { return s == "" })
 			if len(sums) > 0 {
 				drift = append(drift, table+": "+strings.Join(sums, ", "))
 			}
@@ -311,6 +312,13 @@ func (s *Syncer) full() (SyncResult, error) {
 		}
 		p := planDiff(table, have, desiredOf(m))
 		p.addPairs, p.delPairs = addPairs, delPairs
+		// The ledger leaves the key sets out; dropped from the map afterwards,
+		// their entries would still size it.
+		for i := range m.Maps {
+			if isKeySet(m.Maps[i].Name) {
+				m.Maps[i].Elements = nil
+			}
+		}
 		d := digestOf(m)
 		ledger[table] = &d
 		if pendingOps > 0 && pendingOps+p.Ops() > s.app.batchOps {
@@ -538,7 +546,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 			l.Sets[st.Name] = setDigestOf(st)
 		}
 		for ek, e := range w.elems {
-			if !isHairpinSet(ek.Map) {
+			if !isHairpinSet(ek.Map) && !isKeySet(ek.Map) {
 				l.Elems[ek] = e.Verdict.render()
 			}
 		}
