@@ -168,7 +168,7 @@ func assemble(m Model, frags []Fragment) Model {
 		m.Sets = append(m.Sets, fr.Sets...)
 		for _, e := range fr.Elements {
 			add(e)
-			if ks := keySetOf[e.Map]; ks != "" && maps[ks] != nil {
+			if ks := keySetOf[e.Map]; ks != "" {
 				add(Element{Map: ks, MapElement: MapElement{Key: e.Key}})
 			}
 		}
@@ -206,10 +206,8 @@ type builder struct {
 // helper chains, the node-port address sets and the verdict maps, empty.
 func Skeleton(facts Facts) Model {
 	jump := func(c string) Action { return Action{Kind: ActJump, Chain: c} }
-	// The NodePort maps sit behind one test per family of whether the
-	// destination is a node address (a fib lookup unless
-	// nodePortAddresses lists them): every new connection of the node
-	// meets every shard's nat chain, and the lookup is the dearest part.
+	// A destination none of the table's maps holds returns at once
+	// (keysets.go): every new connection of the node meets every shard.
 	var dispatch []Rule
 	for _, f := range families {
 		dispatch = append(dispatch, Rule{
@@ -249,6 +247,9 @@ func Skeleton(facts Facts) Model {
 				{Field: FieldDaddr, Family: f, Neg: true, Prefixes: []netip.Prefix{loopback[f]}},
 			}
 		}
+		// The NodePort maps sit behind one test per family of whether the
+		// destination is a node address: a fib lookup unless
+		// nodePortAddresses lists them.
 		dispatch = append(dispatch, Rule{Matches: local, Action: jump(chainNodePorts(f))})
 		nodePorts = append(nodePorts, Chain{Name: chainNodePorts(f), Rules: []Rule{
 			{Action: vmap(mapNoEPNodePorts(f), keyProtoPort)},

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"maps"
-	"slices"
 	"strings"
 )
 
@@ -61,10 +59,16 @@ func isKeySet(name string) bool {
 // element to be replaced or removed, w.elems every one to be written).
 func keySetChanges(ledger *Digest, h *Digest, w *desired) {
 	keys := map[elemKey]bool{}
-	for _, ek := range slices.Concat(slices.Collect(maps.Keys(h.Elems)), slices.Collect(maps.Keys(w.elems))) {
+	note := func(ek elemKey) {
 		if ks := keySetOf[ek.Map]; ks != "" {
 			keys[elemKey{ks, ek.Key}] = true
 		}
+	}
+	for ek := range h.Elems {
+		note(ek)
+	}
+	for ek := range w.elems {
+		note(ek)
 	}
 	for kk := range keys {
 		before, after := false, false
@@ -108,10 +112,10 @@ func keySetDrift(have *Digest) string {
 	}
 	var out []string
 	if len(want) > 0 {
-		out = append(out, fmt.Sprintf("%d Service keys missing", len(want)))
+		out = append(out, fmt.Sprintf("%d key-set elements missing", len(want)))
 	}
 	if extra > 0 {
-		out = append(out, fmt.Sprintf("%d Service keys extra", extra))
+		out = append(out, fmt.Sprintf("%d key-set elements extra", extra))
 	}
 	return strings.Join(out, ", ")
 }

@@ -74,7 +74,8 @@ const (
 	// to one of the listed Service addresses and ports.
 	FieldServiceKey Field = "daddr . meta l4proto . th dport"
 	// FieldNodePortKey is meta l4proto . th dport looked up in Match.Set, a
-	// set keyed as the NodePort maps are.
+	// set keyed as the NodePort maps are. Nothing in it tests the family:
+	// a rule wanting one says so with another match.
 	FieldNodePortKey Field = "meta l4proto . th dport"
 )
 

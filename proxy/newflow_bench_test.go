@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -90,10 +89,8 @@ func sendNewFlows(b *testing.B, tp *topology) {
 		}
 	}
 	err := tp.client.Do(func(ns.NetNS) error {
-		// Do runs on a locked thread; the datagrams are routed in its
-		// context, so one CPU does the whole path.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		// Do runs on a locked thread, and the datagrams are routed in its
+		// context: one CPU does the whole path.
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return err

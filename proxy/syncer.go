@@ -52,7 +52,8 @@ type Syncer struct {
 	inputs map[ServiceKey]InputSource
 	// Below, the ledger: nil until a full sync succeeds, and again after
 	// any failure, which makes the next sync a full one. It leaves out the
-	// hairpin pairs: pairs says which are written.
+	// hairpin pairs (pairs says which are written) and the key sets, which
+	// follow from the elements it holds (keysets.go).
 	ledger map[string]*Digest // by table
 	// claims lists, per verdict-map key, the Services whose fragments
 	// have it, sorted: the first one's element is written. pairs counts

@@ -154,6 +154,18 @@ func TestSyncerSplitsColdStart(t *testing.T) {
 		t.Errorf("one new Service went in %d batches", res.Batches)
 	}
 	checkLedger(t, s)
+	// A large partial sync is split too: every Service loses its endpoints
+	// (its keys move to the no-endpoint maps), then gets them back.
+	empty := manyServices(0, 61)
+	for _, src := range empty {
+		src.(*ServiceInput).Endpoints = nil
+	}
+	if res := mustSync(t, s, empty); res.Full || res.Batches < 2 {
+		t.Errorf("61 Services losing their endpoints: %+v, want a partial sync in several batches", res)
+	}
+	checkLedger(t, s)
+	mustSync(t, s, manyServices(0, 61))
+	checkLedger(t, s)
 }
 
 func TestSyncerRepairsDrift(t *testing.T) {
@@ -182,6 +194,8 @@ func TestSyncerRepairsDrift(t *testing.T) {
 		"deleted service key":  "delete element inet " + shard + " service-keys-v4 { 10.96.0.1 . tcp . 80 }",
 		"extra service key":    "add element inet " + shard + " service-keys-v4 { 10.96.9.9 . tcp . 80 }",
 		"deleted nodeport key": "delete element inet " + shard + " nodeport-keys-v4 { tcp . 30001 }",
+		"extra nodeport key":   "add element inet " + shard + " nodeport-keys-v4 { tcp . 32000 }",
+		"flushed key set":      "flush set inet " + shard + " service-keys-v4",
 	} {
 		t.Run(name, func(t *testing.T) {
 			nft(t, node, cmd)
@@ -243,6 +257,25 @@ func TestSyncerSharedKey(t *testing.T) {
 	if got := owner(); !strings.Contains(got, "ns/b/") {
 		t.Errorf("after deleting ns/a the shared key goes to %q, want ns/b", got)
 	}
+	checkLedger(t, s)
+	// Back again; then the loser's key moves to the no-endpoint map in its
+	// own shard while the winner keeps the Service map's.
+	mustSync(t, s, map[ServiceKey]InputSource{{"ns", "a"}: mk("a", "10.96.0.1", "10.244.0.1")})
+	if got := owner(); !strings.Contains(got, "ns/a/") {
+		t.Errorf("after adding ns/a again the shared key goes to %q, want ns/a", got)
+	}
+	checkLedger(t, s)
+	b := mk("b", "10.96.0.2", "10.244.0.2")
+	b.Endpoints = nil
+	mustSync(t, s, map[ServiceKey]InputSource{{"ns", "b"}: b})
+	checkLedger(t, s)
+	// One Service's ClusterIP is another's external IP: the two maps'
+	// winners live in different shards.
+	c := mk("c", "10.96.0.3", "10.244.0.3")
+	c.Service.ExternalIPs = []netip.Addr{a("10.96.0.1")}
+	mustSync(t, s, map[ServiceKey]InputSource{{"ns", "c"}: c})
+	checkLedger(t, s)
+	mustSync(t, s, map[ServiceKey]InputSource{{"ns", "a"}: nil, {"ns", "c"}: nil})
 	checkLedger(t, s)
 }
 

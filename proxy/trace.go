@@ -310,9 +310,6 @@ func (t *Tracer) match(m Match, pkt Packet, p Path) bool {
 		}
 		hit = t.inKeySet(m.Set, MapKey{Addr: pkt.Dst, Proto: pkt.Proto, Port: pkt.DPort})
 	case FieldNodePortKey:
-		if familyOf(pkt.Dst) != m.Family {
-			return false
-		}
 		hit = t.inKeySet(m.Set, MapKey{Proto: pkt.Proto, Port: pkt.DPort})
 	}
 	return hit != m.Neg
