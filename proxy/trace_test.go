@@ -227,6 +227,40 @@ func TestTraceNodePortAnyLocalAddress(t *testing.T) {
 	}
 }
 
+// A dual-stack Service's NodePort answers on the node's addresses of both
+// families, listed or found by fib, and each family reaches its own
+// backends only.
+func TestTraceNodePortDualStack(t *testing.T) {
+	nodeIP6 := a("fd00:ff::10")
+	for _, listed := range []bool{true, false} {
+		st := traceState()
+		st.Node.Addresses = nil
+		if listed {
+			st.Node.Addresses = []netip.Addr{nodeIP, nodeIP6}
+		}
+		for i, svc := range st.Services {
+			if svc.Name == "dual" {
+				st.Services[i].Ports = httpPort(30090)
+			}
+		}
+		m := Build(st)
+		local := []netip.Addr{nodeIP, nodeIP6}
+		for _, tc := range []struct {
+			pkt  Packet
+			want []string
+		}{
+			{tcp("2001:db8::5", "fd00:ff::10", 30090), []string{"dnat [fd00:0:0:1::10]:8080 masquerade"}},
+			{tcp("203.0.113.5", "192.168.0.10", 30090), []string{"dnat 10.0.1.10:8080 masquerade"}},
+			{tcp("2001:db8::5", "fd00:ff::10", 30091), []string{"accept"}},
+			{udp("2001:db8::5", "fd00:ff::10", 30090), []string{"accept"}},
+		} {
+			if diff := cmp.Diff(tc.want, pathStrings(Trace(m, local, tc.pkt))); diff != "" {
+				t.Errorf("addresses listed %v, %+v (-want +got):\n%s", listed, tc.pkt, diff)
+			}
+		}
+	}
+}
+
 func TestTraceTopologyHints(t *testing.T) {
 	st := traceState()
 	st.Node.Zone = "z1"
