@@ -344,19 +344,11 @@ func elements(c *nftables.Conn, t *nftables.Table, dels []elemKey, adds []Elemen
 		if !ok {
 			return fmt.Errorf("map %s is not the proxy's", e.Map)
 		}
-		key, err := mapKeyBytes(def.Family, def.Key, e.Key)
+		el, err := setElement(def, e.MapElement)
 		if err != nil {
 			return fmt.Errorf("map %s key %v: %w", e.Map, e.Key, err)
 		}
-		if def.Plain {
-			put(e.Map, nftables.SetElement{Key: key})
-			continue
-		}
-		v, err := verdict(e.Verdict)
-		if err != nil {
-			return fmt.Errorf("map %s key %v: %w", e.Map, e.Key, err)
-		}
-		put(e.Map, nftables.SetElement{Key: key, VerdictData: v, Comment: e.Comment})
+		put(e.Map, el)
 	}
 	for _, m := range order {
 		ns, err := buildMap(t, mapDefs[m])

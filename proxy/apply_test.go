@@ -52,6 +52,7 @@ const (
 	svcWeb    = "10.96.0.10"
 	svcEmpty  = "10.96.0.11"
 	svcSticky = "10.96.0.12"
+	svcPlain  = "10.96.0.13"
 	pod1      = "10.244.1.2"
 	pod2      = "10.244.1.3"
 	client    = "10.244.1.4"
@@ -63,6 +64,7 @@ const (
 func kernelState() State {
 	web := ServiceKey{"ns", "web"}
 	sticky := ServiceKey{"ns", "sticky"}
+	plain := ServiceKey{"ns", "plain"}
 	return State{
 		Node:         Node{Name: nodeA},
 		ClusterCIDRs: []netip.Prefix{pf("10.244.0.0/16")},
@@ -70,8 +72,10 @@ func kernelState() State {
 			{Namespace: "ns", Name: "web", ClusterIPs: []netip.Addr{a(svcWeb)}, Ports: httpPort(30080)},
 			{Namespace: "ns", Name: "empty", ClusterIPs: []netip.Addr{a(svcEmpty)}, Ports: httpPort(0)},
 			{Namespace: "ns", Name: "sticky", ClusterIPs: []netip.Addr{a(svcSticky)}, Ports: httpPort(0), SessionAffinityTimeout: time.Hour},
+			{Namespace: "ns", Name: "plain", ClusterIPs: []netip.Addr{a(svcPlain)}, Ports: httpPort(0)},
 		},
 		Endpoints: map[ServiceKey][]Endpoint{
+			plain:  {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
 			web:    {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
 			sticky: {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
 		},
@@ -149,8 +153,8 @@ func TestApplyKernel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(els) != 2 { // web and sticky; empty is in no-endpoint-services
-			t.Errorf("%s has %d elements, want 2", s.Name, len(els))
+		if len(els) != 3 { // web, sticky and plain; empty is in no-endpoint-services
+			t.Errorf("%s has %d elements, want 3", s.Name, len(els))
 		}
 	}
 
@@ -168,6 +172,10 @@ func TestApplyKernel(t *testing.T) {
 		"flags dynamic,timeout",
 		"masquerade fully-random",
 		"reject with tcp reset",
+		// nft must be able to list the chainless port's rule and map.
+		`10.96.0.13 . tcp . 80 comment "ns/plain/tcp/http" : goto pick-2-v4`,
+		"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-v4",
+		"10.96.0.13 . tcp . 80 . 0x00000001 : 10.244.1.3 . 8080",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("nft list table lacks %q", want)
@@ -284,23 +292,27 @@ func TestApplyPackets(t *testing.T) {
 	serve(t, tp.pod1, pod1+":8080")
 	serve(t, tp.pod2, pod2+":8080")
 
-	t.Run("clusterIP", func(t *testing.T) {
-		seen := map[string]int{}
-		for range 20 {
-			line, err := dial(tp.client, svcWeb+":80")
-			if err != nil {
-				t.Fatal(err)
+	// web has a chain of its own (it has a NodePort); plain goes through
+	// the shared pick chain and backend map.
+	for name, vip := range map[string]string{"clusterIP": svcWeb, "clusterIP without a chain": svcPlain} {
+		t.Run(name, func(t *testing.T) {
+			seen := map[string]int{}
+			for range 20 {
+				line, err := dial(tp.client, vip+":80")
+				if err != nil {
+					t.Fatal(err)
+				}
+				local, peer, _ := strings.Cut(line, " ")
+				if !strings.HasPrefix(peer, client+":") {
+					t.Errorf("backend saw %s, want the client's own address %s (no masquerade from a pod)", peer, client)
+				}
+				seen[strings.TrimSuffix(local, ":8080")]++
 			}
-			local, peer, _ := strings.Cut(line, " ")
-			if !strings.HasPrefix(peer, client+":") {
-				t.Errorf("backend saw %s, want the client's own address %s (no masquerade from a pod)", peer, client)
+			if seen[pod1] == 0 || seen[pod2] == 0 || len(seen) != 2 {
+				t.Errorf("backends reached %v, want both %s and %s", seen, pod1, pod2)
 			}
-			seen[strings.TrimSuffix(local, ":8080")]++
-		}
-		if seen[pod1] == 0 || seen[pod2] == 0 || len(seen) != 2 {
-			t.Errorf("backends reached %v, want both %s and %s", seen, pod1, pod2)
-		}
-	})
+		})
+	}
 
 	t.Run("affinity", func(t *testing.T) {
 		first, err := dial(tp.client, svcSticky+":80")

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // TableName is the inet table nodenet owns.
@@ -61,6 +62,41 @@ func setNodePortIPs(f Family) string { return perFamily(f, "nodeport-ips-v4", "n
 func setHairpin(f Family) string     { return perFamily(f, "hairpin-v4", "hairpin-v6") }
 func setClusterIPs(f Family) string  { return perFamily(f, "cluster-ips-v4", "cluster-ips-v6") }
 func chainNodePorts(f Family) string { return perFamily(f, "nodeports-v4", "nodeports-v6") }
+func mapBackends(f Family) string    { return perFamily(f, "backends-v4", "backends-v6") }
+
+// chainPick names the chain shared by every chainless Service port with n
+// backends of family f.
+func chainPick(f Family, n int) string { return fmt.Sprintf("pick-%d%s", n, famSuffix(f)) }
+
+// isPickChain says whether a chain is a pick chain, which Services share.
+func isPickChain(name string) bool { return strings.HasPrefix(name, "pick-") }
+
+// pickChain is the pick chain for n backends of family f: it DNATs to the
+// backend its packet's key and a random index below n find in the backend
+// map.
+func pickChain(f Family, n int) Chain {
+	return Chain{Name: chainPick(f, n), Rules: []Rule{
+		{Action: Action{Kind: ActDNATPick, Map: mapBackends(f), Key: keyBackend, Family: f, Count: n}},
+	}}
+}
+
+// pickChainNamed reverses chainPick.
+func pickChainNamed(name string) (Chain, bool) {
+	rest, ok := strings.CutPrefix(name, "pick-")
+	if !ok {
+		return Chain{}, false
+	}
+	for _, f := range families {
+		if num, ok := strings.CutSuffix(rest, famSuffix(f)); ok {
+			n, err := strconv.Atoi(num)
+			if err != nil || n < 1 || chainPick(f, n) != name {
+				return Chain{}, false
+			}
+			return pickChain(f, n), true
+		}
+	}
+	return Chain{}, false
+}
 
 func perFamily(f Family, v4, v6 string) string {
 	if f == IPv6 {
@@ -73,6 +109,7 @@ var (
 	keyAddrProtoPort = []Field{FieldDaddr, FieldL4Proto, FieldDport}
 	keyProtoPort     = []Field{FieldL4Proto, FieldDport}
 	keyAddrPair      = []Field{FieldSaddr, FieldDaddr}
+	keyBackend       = []Field{FieldDaddr, FieldL4Proto, FieldDport, FieldIndex}
 	loopback         = map[Family]netip.Prefix{IPv4: netip.MustParsePrefix("127.0.0.0/8"), IPv6: netip.MustParsePrefix("::1/128")}
 )
 
@@ -163,8 +200,17 @@ func assemble(m Model, frags []Fragment) Model {
 		vm := maps[e.Map]
 		vm.Elements = append(vm.Elements, e.MapElement)
 	}
+	shared := map[string]bool{}
 	for _, fr := range frags {
-		chains = append(chains, fr.Chains...)
+		for _, c := range fr.Chains {
+			if isPickChain(c.Name) {
+				if shared[c.Name] {
+					continue
+				}
+				shared[c.Name] = true
+			}
+			chains = append(chains, c)
+		}
 		m.Sets = append(m.Sets, fr.Sets...)
 		for _, e := range fr.Elements {
 			add(e)
@@ -192,7 +238,7 @@ type elemKey struct {
 }
 
 func compareKeys(a, c MapKey) int {
-	return cmp.Or(a.Addr.Compare(c.Addr), cmp.Compare(a.Proto, c.Proto), cmp.Compare(a.Port, c.Port))
+	return cmp.Or(a.Addr.Compare(c.Addr), cmp.Compare(a.Proto, c.Proto), cmp.Compare(a.Port, c.Port), cmp.Compare(a.Index, c.Index))
 }
 
 type builder struct {
@@ -265,6 +311,7 @@ func Skeleton(facts Facts) Model {
 			VerdictMap{Name: setClusterIPs(f), Family: f, Key: keyAddrProtoPort, Plain: true},
 			VerdictMap{Name: setServiceKeys(f), Family: f, Key: keyAddrProtoPort, Plain: true},
 			VerdictMap{Name: setNodePortKeys(f), Family: f, Key: keyProtoPort, Plain: true},
+			VerdictMap{Name: mapBackends(f), Family: f, Key: keyBackend, Backends: true},
 		)
 	}
 	dispatch = append(dispatch, Rule{Action: jump(chainServices)})
@@ -320,6 +367,14 @@ func clusterIPMasquerade(facts Facts, f Family) (Rule, bool) {
 
 func (b *builder) addElem(mapName string, e MapElement) {
 	b.frag.Elements = append(b.frag.Elements, Element{Map: mapName, MapElement: e})
+}
+
+// pick returns the pick chain for n backends of family f, adding it to the
+// fragment once.
+func (b *builder) pick(f Family, n int) string {
+	c := pickChain(f, n)
+	b.addChain(c)
+	return c.Name
 }
 
 func (b *builder) addChain(c Chain) {
@@ -393,6 +448,14 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	if svc.ExternalLocal {
 		externalEPs = local
 	}
+	// A port reached at its cluster IPs only, without affinity, has no
+	// chain of its own: its Service-map element goes to the pick chain
+	// shared by every such port with as many backends, which DNATs through
+	// the backend map by the packet's own address, protocol and port. A
+	// chain and a rule per port cost the kernel and the writer five times
+	// what the map elements do (bench/RESULTS.md, the layouts).
+	affinity := svc.SessionAffinityTimeout > 0
+	chainless := !affinity && !hasExternal
 	hasEndpoints := len(cluster) > 0 || len(local) > 0
 	usesCluster := len(cluster) > 0 && (!svc.InternalLocal || (hasExternal && !svc.ExternalLocal))
 	usesLocal := len(local) > 0 && (svc.InternalLocal || (hasExternal && svc.ExternalLocal))
@@ -414,7 +477,16 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	for _, ip := range addrsOf(svc.ClusterIPs, f) {
 		key := MapKey{Addr: ip, Proto: p.Protocol, Port: port}
 		if len(internalEPs) > 0 {
-			b.addElem(mapServiceIPs(f), MapElement{Key: key, Verdict: Action{Kind: ActGoto, Chain: internalChain}, Comment: comment})
+			to := internalChain
+			if chainless {
+				to = b.pick(f, len(internalEPs))
+				for i, ep := range internalEPs {
+					k := key
+					k.Index = uint32(i)
+					b.addElem(mapBackends(f), MapElement{Key: k, To: netip.AddrPortFrom(ep.Addr, uint16(ep.Ports[p.Name]))})
+				}
+			}
+			b.addElem(mapServiceIPs(f), MapElement{Key: key, Verdict: Action{Kind: ActGoto, Chain: to}, Comment: comment})
 			// ClusterIP traffic that is to be masqueraded (off-cluster sources, or all) is
 			// marked by the services chain's one rule for every Service: the key joins its
 			// set, whichever the internal traffic policy, as kube-proxy marks it in either
@@ -467,7 +539,6 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 	}
 
 	// Endpoint chains.
-	affinity := svc.SessionAffinityTimeout > 0
 	// A pod of any node may reach this node's NodePort untranslated; with the Local policy the
 	// external chain sends pod sources to every endpoint, unmasqueraded, the client included.
 	anyPodHairpins := p.NodePort > 0 && svc.ExternalLocal
@@ -539,10 +610,10 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 		}
 		return append(rules, Rule{Action: Action{Kind: ActNumgen, Targets: chains}})
 	}
-	if usesCluster {
+	if usesCluster && !chainless {
 		b.addChain(Chain{Name: n.cluster, Rules: pick(clusterBEs)})
 	}
-	if usesLocal {
+	if usesLocal && !chainless {
 		b.addChain(Chain{Name: n.local, Rules: pick(localBEs)})
 	}
 	if hasExternal && (len(externalEPs) > 0 || shortCircuit) {

@@ -37,10 +37,14 @@ func smallState() State {
 			{Namespace: "ns", Name: "local", ClusterIPs: []netip.Addr{a("172.30.0.11")}, Ports: httpPort(30081), ExternalLocal: true,
 				LoadBalancerIPs: []netip.Addr{a("198.51.100.1")}, LoadBalancerSourceRanges: []netip.Prefix{pf("203.0.113.0/24")}},
 			{Namespace: "ns", Name: "empty", ClusterIPs: []netip.Addr{a("172.30.0.13")}, Ports: []ServicePort{{Name: "dns", Protocol: UDP, Port: 53}}},
+			{Namespace: "ns", Name: "plain", ClusterIPs: []netip.Addr{a("172.30.0.14")}, Ports: httpPort(0)},
+			{Namespace: "ns", Name: "plain2", ClusterIPs: []netip.Addr{a("172.30.0.15")}, Ports: httpPort(0)},
 		},
 		Endpoints: map[ServiceKey][]Endpoint{
-			{"ns", "web"}:   {ep("10.0.1.1", nodeA, http8080()), ep("10.0.2.1", nodeB, http8080())},
-			{"ns", "local"}: {ep("10.0.1.2", nodeA, http8080()), ep("10.0.2.2", nodeB, http8080())},
+			{"ns", "plain"}:  {ep("10.0.1.3", nodeA, http8080()), ep("10.0.2.3", nodeB, http8080())},
+			{"ns", "plain2"}: {ep("10.0.1.4", nodeA, http8080()), ep("10.0.2.4", nodeB, http8080())},
+			{"ns", "web"}:    {ep("10.0.1.1", nodeA, http8080()), ep("10.0.2.1", nodeB, http8080())},
+			{"ns", "local"}:  {ep("10.0.1.2", nodeA, http8080()), ep("10.0.2.2", nodeB, http8080())},
 		},
 	}
 }

@@ -55,9 +55,9 @@ func digestOf(m Model) Digest {
 		d.Sets[s.Name] = setDigestOf(s)
 	}
 	for _, vm := range m.Maps {
-		d.Maps[vm.Name] = mapDef(vm.Family, vm.Key)
+		d.Maps[vm.Name] = mapDef(vm)
 		for _, e := range vm.Elements {
-			d.Elems[elemKey{vm.Name, e.Key}] = e.Verdict.render()
+			d.Elems[elemKey{vm.Name, e.Key}] = e.value()
 		}
 	}
 	return d
@@ -97,7 +97,12 @@ func setDef(f Family, dynamic bool, timeout time.Duration) string {
 	return fmt.Sprintf("%s dynamic timeout %s", addrType(f), timeout)
 }
 
-func mapDef(f Family, key []Field) string { return keyExpr(f, key) + " : verdict" }
+func mapDef(vm VerdictMap) string {
+	if vm.Backends {
+		return keyExpr(vm.Family, vm.Key) + " : " + addrType(vm.Family) + " . inet_service"
+	}
+	return keyExpr(vm.Family, vm.Key) + " : verdict"
+}
 
 func addrList(as []netip.Addr) string {
 	ss := make([]string, 0, len(as))

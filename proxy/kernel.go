@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -100,7 +101,7 @@ func (a *Applier) readSet(conn *nftables.Conn, s *nftables.Set, d *Digest) error
 			d.Maps[s.Name] = "unexpected map " + s.Name
 			return nil
 		}
-		d.Maps[s.Name] = mapDef(def.Family, def.Key)
+		d.Maps[s.Name] = mapDef(def)
 		for _, e := range els {
 			k, ok := decodeMapKey(def, e.Key)
 			if !ok {
@@ -108,6 +109,24 @@ func (a *Applier) readSet(conn *nftables.Conn, s *nftables.Set, d *Digest) error
 				return nil
 			}
 			d.Elems[elemKey{s.Name, k}] = ""
+		}
+		return nil
+	}
+	if def, ok := mapDefs[s.Name]; ok && def.Backends {
+		addrLen := addrSetType(def.Family).Bytes
+		if !s.IsMap || s.DataType.Bytes != addrLen+4 {
+			d.Maps[s.Name] = "unexpected map " + s.Name
+			return nil
+		}
+		d.Maps[s.Name] = mapDef(def)
+		for _, e := range els {
+			k, ok := decodeMapKey(def, e.Key)
+			a, aok := netip.AddrFromSlice(e.Val[:min(len(e.Val), int(addrLen))])
+			if !ok || !aok || len(e.Val) != int(addrLen)+4 {
+				d.Maps[s.Name] = "unexpected element"
+				return nil
+			}
+			d.Elems[elemKey{s.Name, k}] = netip.AddrPortFrom(a, binary.BigEndian.Uint16(e.Val[addrLen:])).String()
 		}
 		return nil
 	}
@@ -120,7 +139,7 @@ func (a *Applier) readSet(conn *nftables.Conn, s *nftables.Set, d *Digest) error
 			d.Maps[s.Name] = "unexpected map " + s.Name
 			return nil
 		}
-		d.Maps[s.Name] = mapDef(def.Family, def.Key)
+		d.Maps[s.Name] = mapDef(def)
 		for _, e := range els {
 			k, ok := decodeMapKey(def, e.Key)
 			v, vok := decodeVerdict(e.Val)
@@ -207,6 +226,12 @@ func decodeMapKey(vm VerdictMap, b []byte) (MapKey, bool) {
 				return k, false
 			}
 			k.Port = binary.BigEndian.Uint16(b)
+			b = b[4:]
+		case FieldIndex:
+			if len(b) < 4 {
+				return k, false
+			}
+			k.Index = binaryutil.NativeEndian.Uint32(b[:4])
 			b = b[4:]
 		}
 	}

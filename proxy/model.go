@@ -77,6 +77,9 @@ const (
 	// set keyed as the NodePort maps are. Nothing in it tests the family:
 	// a rule wanting one says so with another match.
 	FieldNodePortKey Field = "meta l4proto . th dport"
+	// FieldIndex is the random index that ends a backend map's key
+	// (numgen random mod the chain's count); it is never a match.
+	FieldIndex Field = "numgen random"
 )
 
 // setKey is the key of the set a concatenation field is looked up in.
@@ -123,7 +126,11 @@ const (
 	ActVmap       ActionKind = "vmap"        // look Key up in Map
 	ActNumgen     ActionKind = "numgen"      // goto Targets[random mod len]
 	ActDNATNumgen ActionKind = "dnat numgen" // dnat to Backends[random mod len]
-	ActUpdate     ActionKind = "update"      // add Key (saddr) to dynamic Set
+	// ActDNATPick is dnat to Map[daddr . l4proto . dport . random mod
+	// Count]: the backends of the packet's own Service port, from a map
+	// all such ports share (see Skeleton's pick chains).
+	ActDNATPick ActionKind = "dnat pick"
+	ActUpdate   ActionKind = "update" // add Key (saddr) to dynamic Set
 )
 
 // RejectKind says how a packet is rejected.
@@ -150,6 +157,7 @@ type Action struct {
 	// chain per backend keeps the table small, and the kernel re-checks a
 	// whole table on every change.
 	Backends []netip.AddrPort
+	Count    int    // dnat pick: the number of backends
 	Set      string // update
 }
 
@@ -165,17 +173,20 @@ type Set struct {
 }
 
 // MapKey is a verdict-map key; Addr is invalid for maps keyed by
-// l4proto . dport only.
+// l4proto . dport only. Index is a backend's place in a backend map.
 type MapKey struct {
 	Addr  netip.Addr
 	Proto Protocol
 	Port  uint16
+	Index uint32
 }
 
-// MapElement maps a key to a verdict (goto, jump, drop or reject).
+// MapElement maps a key to a verdict (goto, jump, drop or reject), or in
+// a backend map to a backend.
 type MapElement struct {
 	Key     MapKey
 	Verdict Action
+	To      netip.AddrPort // backend maps
 	Comment string
 }
 
@@ -183,10 +194,13 @@ type MapElement struct {
 // verdicts: the hairpin pair sets (key saddr . daddr, element X is X . X)
 // and the ClusterIP keys to masquerade (key daddr . l4proto . dport).
 type VerdictMap struct {
-	Name     string
-	Family   Family
-	Key      []Field // FieldDaddr?, FieldL4Proto, FieldDport; or FieldSaddr, FieldDaddr
-	Plain    bool
+	Name   string
+	Family Family
+	Key    []Field // FieldDaddr?, FieldL4Proto, FieldDport; or FieldSaddr, FieldDaddr; FieldIndex last in a backend map
+	Plain  bool
+	// Backends marks a backend map: key daddr . l4proto . dport . index,
+	// value a backend's address . port.
+	Backends bool
 	Elements []MapElement
 }
 

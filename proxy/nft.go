@@ -125,6 +125,10 @@ func keyType(f Family, key []Field) (nftables.SetDatatype, error) {
 			types = append(types, nftables.TypeInetProto)
 		case FieldDport:
 			types = append(types, nftables.TypeInetService)
+		case FieldIndex:
+			// A host-order 32-bit type of fixed length: nft cannot list a
+			// concatenation with a plain integer of unknown length.
+			types = append(types, nftables.TypeMark)
 		default:
 			return nftables.SetDatatype{}, fmt.Errorf("field %q cannot be part of a key", k)
 		}
@@ -151,25 +155,53 @@ func buildMap(t *nftables.Table, vm VerdictMap) (nftSet, error) {
 		KeyType:       kt,
 		Concatenation: len(vm.Key) > 1,
 	}}
-	if !vm.Plain {
+	switch {
+	case vm.Backends:
+		dt, err := nftables.ConcatSetType(addrSetType(vm.Family), nftables.TypeInetService)
+		if err != nil {
+			return nftSet{}, fmt.Errorf("map %s: %w", vm.Name, err)
+		}
+		ns.set.DataType = dt
+	case !vm.Plain:
 		ns.set.DataType = nftables.TypeVerdict
 	}
 	for _, e := range vm.Elements {
-		key, err := mapKeyBytes(vm.Family, vm.Key, e.Key)
+		el, err := setElement(vm, e)
 		if err != nil {
 			return nftSet{}, fmt.Errorf("map %s element %v: %w", vm.Name, e.Key, err)
 		}
-		if vm.Plain {
-			ns.elems = append(ns.elems, nftables.SetElement{Key: key})
-			continue
-		}
-		v, err := verdict(e.Verdict)
-		if err != nil {
-			return nftSet{}, fmt.Errorf("map %s element %v: %w", vm.Name, e.Key, err)
-		}
-		ns.elems = append(ns.elems, nftables.SetElement{Key: key, VerdictData: v, Comment: e.Comment})
+		ns.elems = append(ns.elems, el)
 	}
 	return ns, nil
+}
+
+// setElement lays out one element of map vm: its key, and its verdict or
+// backend.
+func setElement(vm VerdictMap, e MapElement) (nftables.SetElement, error) {
+	key, err := mapKeyBytes(vm.Family, vm.Key, e.Key)
+	if err != nil {
+		return nftables.SetElement{}, err
+	}
+	switch {
+	case vm.Plain:
+		return nftables.SetElement{Key: key}, nil
+	case vm.Backends:
+		if !e.To.IsValid() || familyOf(e.To.Addr()) != vm.Family {
+			return nftables.SetElement{}, fmt.Errorf("backend %v is not of family %d", e.To, vm.Family)
+		}
+		return nftables.SetElement{Key: key, Val: backendBytes(e.To)}, nil
+	}
+	v, err := verdict(e.Verdict)
+	if err != nil {
+		return nftables.SetElement{}, err
+	}
+	return nftables.SetElement{Key: key, VerdictData: v, Comment: e.Comment}, nil
+}
+
+// backendBytes lays a backend out as a DNAT map's value: the address, then
+// the port in network byte order, padded to four bytes.
+func backendBytes(b netip.AddrPort) []byte {
+	return append(binary.BigEndian.AppendUint16(b.Addr().AsSlice(), b.Port()), 0, 0)
 }
 
 // mapKeyBytes lays a key out as the kernel compares it: each field padded
@@ -192,6 +224,9 @@ func mapKeyBytes(f Family, fields []Field, k MapKey) ([]byte, error) {
 		case FieldDport:
 			b = binary.BigEndian.AppendUint16(b, k.Port)
 			b = append(b, 0, 0)
+		case FieldIndex:
+			// numgen writes its result in host byte order.
+			b = append(b, native32(k.Index)...)
 		default:
 			return nil, fmt.Errorf("field %q cannot be part of a key", fld)
 		}
@@ -552,6 +587,8 @@ func (tr *translator) actionExprs(a Action) ([]expr.Any, error) {
 		}, nil
 	case ActDNATNumgen:
 		return tr.dnatNumgen(a)
+	case ActDNATPick:
+		return dnatPick(a)
 	case ActUpdate:
 		if a.Set == "" {
 			return nil, fmt.Errorf("update without set")
@@ -572,6 +609,9 @@ func ownedName(name string) bool {
 	if name == podMasqueradeChain || strings.HasPrefix(name, "__") {
 		return false
 	}
+	if isPickChain(name) {
+		return true
+	}
 	switch name {
 	case "filter-prerouting", "filter-output", // an earlier release's, removed on upgrade
 		chainNatPrerouting, chainNatOutput, chainNatPostrouting,
@@ -580,7 +620,7 @@ func ownedName(name string) bool {
 	}
 	for _, f := range families {
 		switch name {
-		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f), setHairpin(f), setClusterIPs(f), setServiceKeys(f), setNodePortKeys(f), chainNodePorts(f):
+		case mapServiceIPs(f), mapServiceNodePorts(f), mapNoEPServices(f), mapNoEPNodePorts(f), mapFirewallIPs(f), setNodePortIPs(f), setHairpin(f), setClusterIPs(f), setServiceKeys(f), setNodePortKeys(f), mapBackends(f), chainNodePorts(f):
 			return true
 		}
 	}
@@ -616,8 +656,7 @@ func (tr *translator) dnatNumgen(a Action) ([]expr.Any, error) {
 		if !b.IsValid() || familyOf(b.Addr()) != a.Family {
 			return nil, fmt.Errorf("backend %v is not of family %d", b, a.Family)
 		}
-		val := append(b.Addr().AsSlice(), binaryutil.BigEndian.PutUint16(b.Port())...)
-		elems = append(elems, nftables.SetElement{Key: native32(uint32(i)), Val: append(val, 0, 0)})
+		elems = append(elems, nftables.SetElement{Key: native32(uint32(i)), Val: backendBytes(b)})
 	}
 	s := tr.addAnon(&nftables.Set{IsMap: true, KeyType: nftables.TypeInteger, DataType: dt, KeyByteOrder: binaryutil.NativeEndian}, elems)
 	portReg := reg32(uint32(addrSetType(a.Family).Bytes / 4))
@@ -626,4 +665,29 @@ func (tr *translator) dnatNumgen(a Action) ([]expr.Any, error) {
 		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID, DestRegister: 1, IsDestRegSet: true},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(fam), RegAddrMin: 1, RegProtoMin: portReg, Specified: true},
 	}, nil
+}
+
+// dnatPick translates a pick chain's rule: the packet's address, protocol
+// and port and a random index below Count make the key of the backend map,
+// whose value (address, port) is the DNAT target.
+func dnatPick(a Action) ([]expr.Any, error) {
+	if a.Count < 1 {
+		return nil, fmt.Errorf("dnat pick of %d backends", a.Count)
+	}
+	fam, err := nfproto(a.Family)
+	if err != nil {
+		return nil, err
+	}
+	exprs, err := keyLoad(a.Family, keyAddrProtoPort)
+	if err != nil {
+		return nil, err
+	}
+	addrWords := uint32(addrSetType(a.Family).Bytes / 4)
+	index := addrWords + 2 // after the address, the protocol and the port
+	out := index + 1       // the value follows the key
+	return append(exprs,
+		&expr.Numgen{Register: reg32(index), Modulus: uint32(a.Count), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg32(0), SetName: a.Map, DestRegister: reg32(out), IsDestRegSet: true},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(fam), RegAddrMin: reg32(out), RegProtoMin: reg32(out + addrWords), Specified: true},
+	), nil
 }

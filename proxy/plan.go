@@ -19,7 +19,7 @@ type desired struct {
 func desiredOf(m Model) desired {
 	d := desired{chains: m.Chains, sets: m.Sets, elems: map[elemKey]MapElement{}}
 	for _, vm := range m.Maps {
-		d.maps = append(d.maps, VerdictMap{Name: vm.Name, Family: vm.Family, Key: vm.Key, Plain: vm.Plain})
+		d.maps = append(d.maps, VerdictMap{Name: vm.Name, Family: vm.Family, Key: vm.Key, Plain: vm.Plain, Backends: vm.Backends})
 		for _, e := range vm.Elements {
 			d.elems[elemKey{vm.Name, e.Key}] = e
 		}
@@ -81,7 +81,7 @@ func planDiff(table string, have Digest, want desired) *Plan {
 	wantMaps := map[string]bool{}
 	for _, vm := range want.maps {
 		wantMaps[vm.Name] = true
-		if def, ok := have.Maps[vm.Name]; !ok || def != mapDef(vm.Family, vm.Key) {
+		if def, ok := have.Maps[vm.Name]; !ok || def != mapDef(vm) {
 			if ok {
 				// Another key type: the map goes and comes back empty, so
 				// every element of it is written again below.
@@ -165,12 +165,12 @@ func planDiff(table string, have Digest, want desired) *Plan {
 		if replacedMap[k.Map] {
 			continue // the map is deleted, its elements with it
 		}
-		if !ok || w.Verdict.render() != v {
+		if !ok || w.value() != v {
 			p.delElems = append(p.delElems, k)
 		}
 	}
 	for k, w := range want.elems {
-		if v, ok := have.Elems[k]; ok && v == w.Verdict.render() && !replacedMap[k.Map] {
+		if v, ok := have.Elems[k]; ok && v == w.value() && !replacedMap[k.Map] {
 			continue
 		}
 		p.addElems = append(p.addElems, Element{Map: k.Map, MapElement: w})

@@ -41,11 +41,16 @@ func (m Model) String() string {
 				types = append(types, "inet_proto")
 			case FieldDport:
 				types = append(types, "inet_service")
+			case FieldIndex:
+				types = append(types, "mark") // as nft lists it (nft.go keyType)
 			}
 		}
-		if vm.Plain {
+		switch {
+		case vm.Backends:
+			fmt.Fprintf(&sb, "\tmap %s {\n\t\ttype %s : %s . inet_service\n", vm.Name, strings.Join(types, " . "), addrType(vm.Family))
+		case vm.Plain:
 			fmt.Fprintf(&sb, "\tset %s {\n\t\ttype %s\n", vm.Name, strings.Join(types, " . "))
-		} else {
+		default:
 			fmt.Fprintf(&sb, "\tmap %s {\n\t\ttype %s : verdict\n", vm.Name, strings.Join(types, " . "))
 		}
 		if len(vm.Elements) > 0 {
@@ -60,8 +65,14 @@ func (m Model) String() string {
 						parts = append(parts, e.Key.Addr.String())
 					}
 					parts = append(parts, string(e.Key.Proto), fmt.Sprint(e.Key.Port))
+					if vm.Backends {
+						parts = append(parts, fmt.Sprintf("0x%08x", e.Key.Index))
+					}
 					fmt.Fprintf(&sb, "\t\t\t%s", strings.Join(parts, " . "))
-					if !vm.Plain {
+					switch {
+					case vm.Backends:
+						fmt.Fprintf(&sb, " : %s . %d", e.To.Addr(), e.To.Port())
+					case !vm.Plain:
 						fmt.Fprintf(&sb, " : %s", e.Verdict.render())
 					}
 				}
@@ -181,10 +192,21 @@ func (a Action) render() string {
 			b = strconv.AppendUint(b, uint64(be.Port()), 10)
 		}
 		return string(append(b, " }"...))
+	case ActDNATPick:
+		return fmt.Sprintf("dnat %s to %s mod %d map @%s", perFamily(a.Family, "ip", "ip6"), keyExpr(a.Family, a.Key), a.Count, a.Map)
 	case ActUpdate:
 		return fmt.Sprintf("update @%s { %s }", a.Set, keyExpr(a.Family, a.Key))
 	}
 	return string(a.Kind)
+}
+
+// value is what an element maps its key to, as the digest and the
+// rendering show it: a backend, or a verdict ("" for plain sets).
+func (e MapElement) value() string {
+	if e.To.IsValid() {
+		return e.To.String()
+	}
+	return e.Verdict.render()
 }
 
 func keyExpr(f Family, key []Field) string {

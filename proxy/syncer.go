@@ -461,13 +461,15 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 			old = BuildService(s.facts, in.Service, in.Endpoints)
 		}
 		for _, c := range old.Chains {
-			h.Chains[c.Name] = s.ledger[t].Chains[c.Name]
+			if !isPickChain(c.Name) { // shared: see pickChainChanges
+				h.Chains[c.Name] = s.ledger[t].Chains[c.Name]
+			}
 		}
 		for _, st := range old.Sets {
 			h.Sets[st.Name] = s.ledger[t].Sets[st.Name]
 		}
 		fr := frags[k]
-		w.chains = append(w.chains, fr.Chains...)
+		w.chains = append(w.chains, slices.DeleteFunc(slices.Clone(fr.Chains), func(c Chain) bool { return isPickChain(c.Name) })...)
 		w.sets = append(w.sets, fr.Sets...)
 		for _, e := range slices.Concat(old.Elements, fr.Elements) {
 			touch(e)
@@ -499,6 +501,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 	}
 	for t, h := range have {
 		keySetChanges(s.ledger[t], h, want[t])
+		pickChainChanges(s.ledger[t], h, want[t])
 	}
 	for pk, was := range oldPairs {
 		ek := pk.elemKey()
@@ -548,7 +551,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 		}
 		for ek, e := range w.elems {
 			if !isHairpinSet(ek.Map) && !isKeySet(ek.Map) {
-				l.Elems[ek] = e.Verdict.render()
+				l.Elems[ek] = e.value()
 			}
 		}
 	}
@@ -593,4 +596,46 @@ func checkFragment(fr Fragment) error {
 		return fmt.Errorf("translate: %w", err)
 	}
 	return nil
+}
+
+// pickChainChanges settles one table's pick chains in a partial sync. The
+// chains are shared by Services, so a fragment's own chains never add or
+// remove them: a chain is written when an element written goes to it and the
+// table lacks it, and removed when the elements taken out went to it and none
+// left in the table or written does. ledger, h and w are as for
+// keySetChanges.
+func pickChainChanges(ledger *Digest, h *Digest, w *desired) {
+	written := map[string]bool{}
+	for _, e := range w.elems {
+		if c := e.Verdict.Chain; isPickChain(c) && !written[c] {
+			written[c] = true
+			if _, ok := ledger.Chains[c]; !ok {
+				if def, ok := pickChainNamed(c); ok {
+					w.chains = append(w.chains, def)
+				}
+			}
+		}
+	}
+	left := map[string]bool{}
+	for _, v := range h.Elems {
+		if c, ok := strings.CutPrefix(v, "goto "); ok && isPickChain(c) && !written[c] {
+			left[c] = true
+		}
+	}
+	if len(left) == 0 {
+		return
+	}
+	for ek, v := range ledger.Elems {
+		if _, out := h.Elems[ek]; out {
+			continue
+		}
+		if c, ok := strings.CutPrefix(v, "goto "); ok {
+			delete(left, c)
+		}
+	}
+	for c := range left {
+		if d, ok := ledger.Chains[c]; ok {
+			h.Chains[c] = d
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -333,5 +334,110 @@ func TestSyncerFactsChangeRebuildsAll(t *testing.T) {
 	s.SetFacts(f)
 	if res := mustSync(t, s, nil); res.Ops != 0 {
 		t.Errorf("same facts again sent %+v", res)
+	}
+}
+
+// ClusterIP-only Services share their shard's pick chain for their number of
+// endpoints: it stays while one of them goes to it and leaves with the last.
+func TestSyncerSharesPickChains(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	mk := func(name string, n int) *ServiceInput {
+		in := &ServiceInput{Service: Service{Namespace: "ns", Name: name, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 1, byte(len(name))})}, Ports: httpPort(0)}}
+		for i := range n {
+			in.Endpoints = append(in.Endpoints, ep(fmt.Sprintf("10.244.%d.%d", len(name), i+1), nodeA, http8080()))
+		}
+		return in
+	}
+	// Two names in one shard, and the shard's table.
+	var a, b string
+	for i := 0; b == ""; i++ {
+		name := fmt.Sprintf("s%d", i)
+		switch {
+		case a == "":
+			a = name
+		case shardOf(ServiceKey{"ns", name}) == shardOf(ServiceKey{"ns", a}) && len(name) != len(a):
+			b = name
+		}
+	}
+	table := shardTable(shardOf(ServiceKey{"ns", a}))
+	chains := func() []string {
+		have, err := s.app.readKernel(table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for c := range have.Chains {
+			if isPickChain(c) {
+				out = append(out, c)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	step := func(what string, changed map[ServiceKey]InputSource, want ...string) {
+		t.Helper()
+		mustSync(t, s, changed)
+		checkLedger(t, s)
+		if got := chains(); !slices.Equal(got, want) {
+			t.Errorf("%s: pick chains %v, want %v", what, got, want)
+		}
+	}
+	step("two Services of two endpoints", map[ServiceKey]InputSource{{"ns", a}: mk(a, 2), {"ns", b}: mk(b, 2)}, "pick-2-v4")
+	step("one gone", map[ServiceKey]InputSource{{"ns", a}: nil}, "pick-2-v4")
+	step("the other grows", map[ServiceKey]InputSource{{"ns", b}: mk(b, 3)}, "pick-3-v4")
+	step("back, beside it", map[ServiceKey]InputSource{{"ns", a}: mk(a, 2)}, "pick-2-v4", "pick-3-v4")
+	step("no endpoints", map[ServiceKey]InputSource{{"ns", a}: mk(a, 0)}, "pick-3-v4")
+	step("the last gone", map[ServiceKey]InputSource{{"ns", a}: nil, {"ns", b}: nil})
+
+	// A restarted daemon finds what it would write.
+	mustSync(t, s, map[ServiceKey]InputSource{{"ns", a}: mk(a, 2), {"ns", b}: mk(b, 3)})
+	again := newTestSyncer(t, node)
+	if res := mustSync(t, again, map[ServiceKey]InputSource{{"ns", a}: mk(a, 2), {"ns", b}: mk(b, 3)}); !res.Full || res.Ops != 0 {
+		t.Errorf("restart with unchanged inputs: %+v, want a full sync sending nothing", res)
+	}
+}
+
+// Chainless Service ports (ClusterIP only, no affinity) change by map
+// elements alone: O(1) objects per change, whatever the world's size.
+func TestSyncerChainlessTransactionSize(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	world := benchWorld(1001)
+	last := ServiceKey{"bench", "svc-01000"}
+	one := world[last]
+	delete(world, last)
+	if res := mustSync(t, s, world); !res.Full {
+		t.Fatalf("first sync %+v, want a full one", res)
+	}
+	// One new Service: its ClusterIP element, masquerade key and key-set
+	// element, its 10 backends and their 10 hairpin pairs (the benchmark's
+	// endpoints are outside the pod ranges); the pick chain is there.
+	if res := mustSync(t, s, map[ServiceKey]InputSource{last: one}); res.Full || res.Batches != 1 || res.Ops != 23 {
+		t.Errorf("adding one Service to 1000: %+v, want 23 objects in one partial batch", res)
+	}
+	checkLedger(t, s)
+	// One endpoint replaced: its backend element and hairpin pair rewritten
+	// (each deleted and added).
+	replaced := one.Input()
+	replaced.Endpoints = slices.Clone(replaced.Endpoints)
+	replaced.Endpoints[9].Addr = a("10.250.0.1")
+	if res := mustSync(t, s, map[ServiceKey]InputSource{last: &replaced}); res.Ops != 4 || res.Batches != 1 {
+		t.Errorf("replacing one endpoint: %+v, want 4 objects in one batch", res)
+	}
+	checkLedger(t, s)
+	// One endpoint gone: its backend element and pair go, the Service's
+	// element moves to the 9-backend pick chain, which is new (a chain and
+	// its rule).
+	fewer := replaced
+	fewer.Endpoints = replaced.Endpoints[:9]
+	if res := mustSync(t, s, map[ServiceKey]InputSource{last: &fewer}); res.Ops != 6 || res.Batches != 1 {
+		t.Errorf("removing one endpoint: %+v, want 6 objects in one batch", res)
+	}
+	checkLedger(t, s)
+	if res := mustSync(t, s, map[ServiceKey]InputSource{last: &fewer}); res.Ops != 0 {
+		t.Errorf("unchanged input sent %+v", res)
 	}
 }

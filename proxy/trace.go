@@ -253,6 +253,27 @@ func (t *Tracer) do(a Action, rules []Rule, i int, pkt Packet, p *Path, depth in
 			out = append(out, outcome{path: *p, kind: ActDNAT, to: b})
 		}
 		return out, true
+	case ActDNATPick:
+		// The kernel looks the packet's own key up with one random index;
+		// every index is a path, and a missing one a lookup that fails.
+		vm, ok := t.Model.Map(a.Map)
+		if !ok || familyOf(pkt.Dst) != a.Family {
+			p.Err = "no backend map " + a.Map + " for this packet"
+			return []outcome{{path: *p, kind: actError}}, true
+		}
+		var out []outcome
+		for i := range a.Count {
+			k := MapKey{Addr: pkt.Dst, Proto: pkt.Proto, Port: pkt.DPort, Index: uint32(i)}
+			j := slices.IndexFunc(vm.Elements, func(e MapElement) bool { return e.Key == k })
+			if j < 0 {
+				q := *p
+				q.Err = fmt.Sprintf("no backend %d in %s", i, a.Map)
+				out = append(out, outcome{path: q, kind: actError})
+				continue
+			}
+			out = append(out, outcome{path: *p, kind: ActDNAT, to: vm.Elements[j].To})
+		}
+		return out, true
 	case ActAccept, ActDrop, ActMasquerade:
 		return []outcome{{path: *p, kind: a.Kind}}, true
 	}

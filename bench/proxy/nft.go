@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nodenet/nodenet/e2e/lab"
@@ -52,13 +53,18 @@ func (rs ruleset) String() string {
 	return fmt.Sprintf("%s map %s", familyName(rs.family), rs.serviceMap)
 }
 
-// chainRef names a chain and its table.
-type chainRef struct{ table, chain string }
+// chainRef names a chain and its table, and the Service address and port whose element goes
+// there.
+type chainRef struct {
+	table, chain string
+	key          netip.AddrPort
+}
 
 // nftReader reads one namespace's rules over one lasting netlink socket (no nft process per
 // poll): a dump of the Service map for cold syncs, and a single chain's rules for changes.
 type nftReader struct {
 	conn *nftables.Conn
+	raw  *netlink.Conn // for single elements (backendmap.go)
 	rs   ruleset
 }
 
@@ -72,10 +78,15 @@ func newNFTReader(ns *lab.Netns, rs ruleset) (*nftReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nft socket in %s: %w", ns.Name, err)
 	}
-	return &nftReader{conn: conn, rs: rs}, nil
+	raw, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(f.Fd())})
+	if err != nil {
+		conn.CloseLasting()
+		return nil, fmt.Errorf("netlink socket in %s: %w", ns.Name, err)
+	}
+	return &nftReader{conn: conn, raw: raw, rs: rs}, nil
 }
 
-func (r *nftReader) Close() error { return r.conn.CloseLasting() }
+func (r *nftReader) Close() error { return errors.Join(r.conn.CloseLasting(), r.raw.Close()) }
 
 // serviceChains dumps the Service map of each of the proxy's tables: for each TCP
 // ClusterIP:port, the chain it goes to. No map in any table is errMissing.
@@ -108,8 +119,8 @@ func (r *nftReader) serviceChains() (map[netip.AddrPort]chainRef, error) {
 			if chain == "" {
 				continue
 			}
-			addr := netip.AddrFrom4([4]byte(e.Key[0:4]))
-			out[netip.AddrPortFrom(addr, binary.BigEndian.Uint16(e.Key[8:10]))] = chainRef{table: t.Name, chain: chain}
+			key := netip.AddrPortFrom(netip.AddrFrom4([4]byte(e.Key[0:4])), binary.BigEndian.Uint16(e.Key[8:10]))
+			out[key] = chainRef{table: t.Name, chain: chain, key: key}
 		}
 	}
 	if out == nil {
@@ -133,6 +144,9 @@ func isENOENT(err error) bool {
 // replaced in place (NLM_F_REPLACE) keeps its handle, and the kernel reuses the names of
 // anonymous maps once they are gone.
 func (r *nftReader) chainEndpoints(ref chainRef) ([]target, error) {
+	if n, ok := pickCount(ref.chain); ok && r.rs.family == nftables.TableFamilyINet {
+		return pickedEndpoints(r.raw, ref.table, ref.key, n)
+	}
 	table := &nftables.Table{Family: r.rs.family, Name: ref.table}
 	chain := ref.chain
 	rules, err := r.conn.GetRules(table, &nftables.Chain{Table: table, Name: chain})
