@@ -68,6 +68,14 @@ func mapBackends(f Family) string    { return perFamily(f, "backends-v4", "backe
 // backends of family f.
 func chainPick(f Family, n int) string { return fmt.Sprintf("pick-%d%s", n, famSuffix(f)) }
 
+// isServiceIPs says whether a map is a family's Service map.
+func isServiceIPs(name string) bool {
+	return name == mapServiceIPs(IPv4) || name == mapServiceIPs(IPv6)
+}
+
+// isBackendMap says whether a map is a family's backend map.
+func isBackendMap(name string) bool { return name == mapBackends(IPv4) || name == mapBackends(IPv6) }
+
 // isPickChain says whether a chain is a pick chain, which Services share.
 func isPickChain(name string) bool { return strings.HasPrefix(name, "pick-") }
 
@@ -139,6 +147,29 @@ type Fragment struct {
 	// Elements: they are one per endpoint, most of a large world's
 	// elements, and need neither a verdict nor a comment.
 	Pairs []netip.Addr
+	// Backends are the backend lists of the fragment's chainless ports,
+	// kept apart from Elements too: one element per endpoint, and they
+	// belong to whichever Service holds the port's Service-map key.
+	Backends []PortBackends
+}
+
+// PortBackends is a chainless port's backends: element Key . i of its
+// family's backend map holds To[i].
+type PortBackends struct {
+	Key MapKey
+	To  []netip.AddrPort
+}
+
+// elements lists pb as backend-map elements.
+func (pb PortBackends) elements() []Element {
+	name := mapBackends(familyOf(pb.Key.Addr))
+	out := make([]Element, len(pb.To))
+	for i, to := range pb.To {
+		k := pb.Key
+		k.Index = uint32(i)
+		out[i] = Element{Map: name, MapElement: MapElement{Key: k, To: to}}
+	}
+	return out
 }
 
 // Element is a verdict-map element together with the map it belongs to.
@@ -200,26 +231,47 @@ func assemble(m Model, frags []Fragment) Model {
 		vm := maps[e.Map]
 		vm.Elements = append(vm.Elements, e.MapElement)
 	}
-	shared := map[string]bool{}
 	for _, fr := range frags {
+		// Pick chains are shared: a table has those its elements go to
+		// (below), as partial syncs keep them (pickChainChanges).
 		for _, c := range fr.Chains {
-			if isPickChain(c.Name) {
-				if shared[c.Name] {
-					continue
-				}
-				shared[c.Name] = true
+			if !isPickChain(c.Name) {
+				chains = append(chains, c)
 			}
-			chains = append(chains, c)
 		}
 		m.Sets = append(m.Sets, fr.Sets...)
+		won := map[MapKey]bool{}
 		for _, e := range fr.Elements {
+			if !taken[elemKey{e.Map, e.Key}] && isServiceIPs(e.Map) {
+				won[e.Key] = true
+			}
 			add(e)
 			if ks := keySetOf[e.Map]; ks != "" {
 				add(Element{Map: ks, MapElement: MapElement{Key: e.Key}})
 			}
 		}
+		// A port's backends are the Service's whose element its Service-map
+		// key holds.
+		for _, pb := range fr.Backends {
+			if won[pb.Key] {
+				for _, e := range pb.elements() {
+					add(e)
+				}
+			}
+		}
 		for _, a := range fr.Pairs {
 			add(Element{Map: setHairpin(familyOf(a)), MapElement: MapElement{Key: MapKey{Addr: a}}})
+		}
+	}
+	picks := map[string]bool{}
+	for _, vm := range m.Maps {
+		for _, e := range vm.Elements {
+			if c := e.Verdict.Chain; isPickChain(c) && !picks[c] {
+				if pc, ok := pickChainNamed(c); ok {
+					picks[c] = true
+					chains = append(chains, pc)
+				}
+			}
 		}
 	}
 	slices.SortFunc(chains, func(a, c Chain) int { return cmp.Compare(a.Name, c.Name) })
@@ -480,11 +532,11 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 			to := internalChain
 			if chainless {
 				to = b.pick(f, len(internalEPs))
+				pb := PortBackends{Key: key, To: make([]netip.AddrPort, len(internalEPs))}
 				for i, ep := range internalEPs {
-					k := key
-					k.Index = uint32(i)
-					b.addElem(mapBackends(f), MapElement{Key: k, To: netip.AddrPortFrom(ep.Addr, uint16(ep.Ports[p.Name]))})
+					pb.To[i] = netip.AddrPortFrom(ep.Addr, uint16(ep.Ports[p.Name]))
 				}
+				b.frag.Backends = append(b.frag.Backends, pb)
 			}
 			b.addElem(mapServiceIPs(f), MapElement{Key: key, Verdict: Action{Kind: ActGoto, Chain: to}, Comment: comment})
 			// ClusterIP traffic that is to be masqueraded (off-cluster sources, or all) is

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -55,6 +56,9 @@ type Syncer struct {
 	// hairpin pairs (pairs says which are written) and the key sets, which
 	// follow from the elements it holds (keysets.go).
 	ledger map[string]*Digest // by table
+	// backendSums is, per table, the sum of its backend elements' hashes
+	// (backends.go); the ledger holds no backend element.
+	backendSums map[string]uint64
 	// claims lists, per verdict-map key, the Services whose fragments
 	// have it, sorted: the first one's element is written. pairs counts
 	// the fragments holding each hairpin pair. What a Service's fragment
@@ -186,7 +190,11 @@ func (s *Syncer) CheckDrift(force bool) (SyncResult, bool, error) {
 				pairSum = s.pairDrift(&have)
 			}
 			keySum := keySetDrift(&have)
-			sums := slices.DeleteFunc([]string{diffSummary(have, *want), pairSum, keySum}, func(s string) bool { return s == "" })
+			var backendSum string
+			if takeBackends(&have) != s.backendSums[table] {
+				backendSum = "backends differ"
+			}
+			sums := slices.DeleteFunc([]string{diffSummary(have, *want), pairSum, keySum, backendSum}, func(s string) bool { return s == "" })
 			if len(sums) > 0 {
 				drift = append(drift, table+": "+strings.Join(sums, ", "))
 			}
@@ -244,6 +252,9 @@ const keptParts = 70_000
 // weight is what keptParts counts of a fragment.
 func (f Fragment) weight() int {
 	n := len(f.Elements) + len(f.Pairs) + len(f.Sets)
+	for _, pb := range f.Backends {
+		n += len(pb.To)
+	}
 	for _, c := range f.Chains {
 		n++
 		for _, r := range c.Rules {
@@ -287,6 +298,7 @@ func (s *Syncer) full() (SyncResult, error) {
 
 	main, shard := physicalSkeletons(s.facts)
 	ledger := map[string]*Digest{}
+	sums := map[string]uint64{}
 	var pending []*Plan
 	pendingOps := 0
 	send := func() error {
@@ -313,15 +325,22 @@ func (s *Syncer) full() (SyncResult, error) {
 		}
 		p := planDiff(table, have, desiredOf(m))
 		p.addPairs, p.delPairs = addPairs, delPairs
-		// The ledger leaves the key sets out; dropped from the map afterwards,
-		// their entries would still size it.
+		// The ledger leaves the key sets and backends out; dropped from the
+		// map afterwards, their entries would still size it.
+		var backendSum uint64
 		for i := range m.Maps {
-			if isKeySet(m.Maps[i].Name) {
+			if isBackendMap(m.Maps[i].Name) {
+				for _, e := range m.Maps[i].Elements {
+					backendSum += backendHash(e.Key, e.value())
+				}
+			}
+			if isKeySet(m.Maps[i].Name) || isBackendMap(m.Maps[i].Name) {
 				m.Maps[i].Elements = nil
 			}
 		}
 		d := digestOf(m)
 		ledger[table] = &d
+		sums[table] = backendSum
 		if pendingOps > 0 && pendingOps+p.Ops() > s.app.batchOps {
 			if err := send(); err != nil {
 				return s.failedFull(res, keys, err)
@@ -340,7 +359,7 @@ func (s *Syncer) full() (SyncResult, error) {
 	if err := send(); err != nil {
 		return s.failedFull(res, keys, err)
 	}
-	s.ledger = ledger
+	s.ledger, s.backendSums = ledger, sums
 	s.recordGeneration()
 	return res, nil
 }
@@ -363,7 +382,7 @@ func (s *Syncer) winning(keys []ServiceKey, kept map[ServiceKey]Fragment) []Frag
 				won = append(won, e)
 			}
 		}
-		out = append(out, Fragment{Chains: fr.Chains, Sets: fr.Sets, Elements: won})
+		out = append(out, Fragment{Chains: fr.Chains, Sets: fr.Sets, Elements: won, Backends: fr.Backends})
 	}
 	return out
 }
@@ -452,6 +471,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 			}
 		}
 	}
+	oldFrags := make(map[ServiceKey]Fragment, len(keys))
 	for _, k := range keys {
 		t := shardTable(shardOf(k))
 		h, w := scope(t)
@@ -460,6 +480,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 			in := src.Input()
 			old = BuildService(s.facts, in.Service, in.Endpoints)
 		}
+		oldFrags[k] = Fragment{Backends: old.Backends}
 		for _, c := range old.Chains {
 			if !isPickChain(c.Name) { // shared: see pickChainChanges
 				h.Chains[c.Name] = s.ledger[t].Chains[c.Name]
@@ -482,6 +503,28 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 		}
 		s.count(k, old, -1)
 		s.count(k, fr, 1)
+	}
+	// A fragment of a Service that did not change is built again only if it
+	// won or lost a shared key.
+	fragOf := func(k ServiceKey, changed map[ServiceKey]Fragment) Fragment {
+		if fr, ok := changed[k]; ok {
+			return fr
+		}
+		return s.fragment(k)
+	}
+	for ek := range touched {
+		if !isServiceIPs(ek.Map) {
+			continue
+		}
+		var old, nu []netip.AddrPort
+		var oldT, newT string
+		if w0, ok := oldWinner[ek]; ok {
+			old, oldT = backendsOf(fragOf(w0, oldFrags), ek.Key), elemTable(ek, w0)
+		}
+		if cl := s.claims[ek]; len(cl) > 0 {
+			nu, newT = backendsOf(fragOf(cl[0], frags), ek.Key), elemTable(ek, cl[0])
+		}
+		backendChanges(ek.Key, old, oldT, nu, newT, scope)
 	}
 	for ek := range touched {
 		if w0, ok := oldWinner[ek]; ok {
@@ -530,6 +573,16 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 		return res, err
 	}
 	for t, h := range have {
+		for ek, v := range h.Elems {
+			if isBackendMap(ek.Map) {
+				s.backendSums[t] -= backendHash(ek.Key, v)
+			}
+		}
+		for ek, e := range want[t].elems {
+			if isBackendMap(ek.Map) {
+				s.backendSums[t] += backendHash(ek.Key, e.value())
+			}
+		}
 		l := s.ledger[t]
 		for n := range h.Chains {
 			delete(l.Chains, n)
@@ -550,7 +603,7 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 			l.Sets[st.Name] = setDigestOf(st)
 		}
 		for ek, e := range w.elems {
-			if !isHairpinSet(ek.Map) && !isKeySet(ek.Map) {
+			if !isHairpinSet(ek.Map) && !isKeySet(ek.Map) && !isBackendMap(ek.Map) {
 				l.Elems[ek] = e.value()
 			}
 		}
@@ -590,6 +643,11 @@ func checkFragment(fr Fragment) error {
 	for _, a := range fr.Pairs {
 		ek := pairKeyOf(a).elemKey()
 		want.elems[ek] = MapElement{Key: ek.Key}
+	}
+	for _, pb := range fr.Backends {
+		for _, e := range pb.elements() {
+			want.elems[elemKey{e.Map, e.Key}] = e.MapElement
+		}
 	}
 	table := shardTable(0)
 	if err := queue(c, &nftables.Table{Family: nftables.TableFamilyINet, Name: table}, planDiff(table, newDigest(), want)); err != nil {

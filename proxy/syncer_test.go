@@ -69,6 +69,9 @@ func checkLedger(t *testing.T, s *Syncer) {
 		if sum := s.pairDrift(&have); table == TableName && sum != "" {
 			t.Errorf("table %s differs from the pair counts: %s", table, sum)
 		}
+		if sum := takeBackends(&have); sum != s.backendSums[table] {
+			t.Errorf("table %s: its backend elements differ from the ledger's sum", table)
+		}
 		if sum := diffSummary(have, *s.ledger[table]); sum != "" {
 			t.Errorf("table %s differs from the ledger: %s", table, sum)
 		}
@@ -440,4 +443,66 @@ func TestSyncerChainlessTransactionSize(t *testing.T) {
 	if res := mustSync(t, s, map[ServiceKey]InputSource{last: &fewer}); res.Ops != 0 {
 		t.Errorf("unchanged input sent %+v", res)
 	}
+}
+
+// The backend maps are in no ledger entry, only in a sum per table: the drift
+// check still finds a backend lost, changed or added by someone else.
+func TestSyncerRepairsBackendDrift(t *testing.T) {
+	requireRoot(t)
+	requireNft(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	mustSync(t, s, benchWorld(3))
+	shard := shardTable(shardOf(ServiceKey{"bench", "svc-00001"}))
+	for name, cmd := range map[string]string{
+		"deleted backend": "delete element inet " + shard + " backends-v4 { 10.100.0.1 . tcp . 80 . 0x00000000 }",
+		"changed backend": "delete element inet " + shard + " backends-v4 { 10.100.0.1 . tcp . 80 . 0x00000003 }; " +
+			"add element inet " + shard + " backends-v4 { 10.100.0.1 . tcp . 80 . 0x00000003 : 10.99.0.1 . 80 }",
+		"extra backend": "add element inet " + shard + " backends-v4 { 10.100.0.1 . tcp . 80 . 0x00000063 : 10.99.0.1 . 80 }",
+	} {
+		t.Run(name, func(t *testing.T) {
+			nft(t, node, cmd)
+			res, drift, err := s.CheckDrift(false)
+			if err != nil || !drift || res.Ops == 0 {
+				t.Fatalf("CheckDrift after %q: drift %v, %+v, err %v", cmd, drift, res, err)
+			}
+			checkLedger(t, s)
+			if _, drift, _ := s.CheckDrift(true); drift {
+				t.Errorf("still drifting after the repair")
+			}
+		})
+	}
+}
+
+// A chainless port's backends follow its Service-map key: written when its
+// Service wins the key from another that shares it, removed when it loses it.
+func TestSyncerBackendsFollowTheKey(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	shared := a("10.96.5.5")
+	plain := &ServiceInput{
+		Service:   Service{Namespace: "ns", Name: "b-plain", ClusterIPs: []netip.Addr{shared}, Ports: httpPort(0)},
+		Endpoints: []Endpoint{ep("10.244.5.1", nodeA, http8080()), ep("10.244.5.2", nodeA, http8080())},
+	}
+	external := &ServiceInput{
+		Service:   Service{Namespace: "ns", Name: "a-external", ClusterIPs: []netip.Addr{a("10.96.5.6")}, ExternalIPs: []netip.Addr{shared}, Ports: httpPort(0)},
+		Endpoints: []Endpoint{ep("10.244.5.3", nodeA, http8080())},
+	}
+	holder := func() string {
+		ek := elemKey{mapServiceIPs(IPv4), MapKey{Addr: shared, Proto: TCP, Port: 80}}
+		return s.ledger[elemTable(ek, s.claims[ek][0])].Elems[ek]
+	}
+	mustSync(t, s, map[ServiceKey]InputSource{{"ns", "b-plain"}: plain, {"ns", "a-external"}: external})
+	if got := holder(); !strings.Contains(got, "external-") {
+		t.Errorf("the shared key goes to %q, want ns/a-external's chain", got)
+	}
+	checkLedger(t, s)
+	mustSync(t, s, map[ServiceKey]InputSource{{"ns", "a-external"}: nil})
+	if got := holder(); got != "goto pick-2-v4" {
+		t.Errorf("after ns/a-external left the shared key goes to %q, want the 2-backend pick chain", got)
+	}
+	checkLedger(t, s)
+	mustSync(t, s, map[ServiceKey]InputSource{{"ns", "a-external"}: external})
+	checkLedger(t, s)
 }
