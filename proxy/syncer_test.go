@@ -506,3 +506,35 @@ func TestSyncerBackendsFollowTheKey(t *testing.T) {
 	mustSync(t, s, map[ServiceKey]InputSource{{"ns", "a-external"}: external})
 	checkLedger(t, s)
 }
+
+// A port that gains a NodePort gets a chain of its own and leaves the backend
+// map; losing it again, it goes back.
+func TestSyncerChainlessAndBack(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	k := ServiceKey{"ns", "toggle"}
+	mk := func(nodePort int32) *ServiceInput {
+		return &ServiceInput{
+			Service:   Service{Namespace: "ns", Name: "toggle", ClusterIPs: []netip.Addr{a("10.96.7.7")}, Ports: httpPort(nodePort)},
+			Endpoints: []Endpoint{ep("10.244.7.1", nodeA, http8080()), ep("10.244.7.2", nodeB, http8080())},
+		}
+	}
+	for i, nodePort := range []int32{0, 30007, 0, 30007} {
+		mustSync(t, s, map[ServiceKey]InputSource{k: mk(nodePort)})
+		checkLedger(t, s)
+		have, err := s.app.readKernel(shardTable(shardOf(k)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		backends := 0
+		for ek := range have.Elems {
+			if isBackendMap(ek.Map) {
+				backends++
+			}
+		}
+		if want := map[bool]int{true: 2, false: 0}[nodePort == 0]; backends != want {
+			t.Errorf("step %d (NodePort %d): %d backend elements, want %d", i, nodePort, backends, want)
+		}
+	}
+}

@@ -235,13 +235,14 @@ func retry(ctx context.Context, f func() error) error {
 }
 
 // showServiceRules prints, from every nodenet table on the node, the verdict maps that send the
-// Services' addresses to their chains, and the chains of nginx-svc.
+// Services' addresses to their chains, the backend maps of the ClusterIP-only Services, and the
+// chains of nginx-svc.
 func showServiceRules(n *lab.Node) {
 	out, err := n.NS.Run("nft", "list", "ruleset")
 	if err != nil {
 		return
 	}
-	fmt.Printf("\nnodenet's Service rules on %s (from nft list ruleset: Services are spread over the shard\ntables nodenet-svc-NN; shown are their non-empty service maps and the chains of nginx-svc):\n", n.Name)
+	fmt.Printf("\nnodenet's Service rules on %s (from nft list ruleset: Services are spread over the shard\ntables nodenet-svc-NN; shown are their non-empty service maps, the backend maps that ClusterIP-only\nServices share, and the chains of nginx-svc):\n", n.Name)
 	table := ""
 	var block []string
 	for _, line := range strings.Split(out, "\n") {
@@ -257,7 +258,8 @@ func showServiceRules(n *lab.Node) {
 				continue
 			}
 			head := strings.TrimSpace(block[0])
-			serviceMap := (strings.HasPrefix(head, "map service-ips-v4") || strings.HasPrefix(head, "map service-nodeports-v4")) &&
+			serviceMap := (strings.HasPrefix(head, "map service-ips-v4") || strings.HasPrefix(head, "map service-nodeports-v4") ||
+				strings.HasPrefix(head, "map backends-v4")) &&
 				strings.Contains(strings.Join(block, "\n"), "elements")
 			if serviceMap || strings.Contains(head, "default/nginx-svc/") {
 				fmt.Printf("\t# %s\n%s\n", table, strings.Join(block, "\n"))
