@@ -143,6 +143,11 @@ func (a *Applier) applyLarge(p *Plan) (int, error) {
 		next(len(c.Rules))
 		cur.fill = append(cur.fill, c)
 	}
+	// Backends before the Service-map elements that lead to them.
+	for _, b := range p.addBackends {
+		next(1)
+		cur.addBackends = append(cur.addBackends, b)
+	}
 	deleted := map[elemKey]bool{}
 	for _, k := range p.delElems {
 		deleted[k] = true
@@ -163,6 +168,7 @@ func (a *Applier) applyLarge(p *Plan) (int, error) {
 	batches = append(batches, cur, &Plan{table: p.table,
 		delElems: p.delElems, delSetEls: p.delSetEls, flush: p.flush, fill: rewrite,
 		addElems: replace, addSetEls: p.addSetEls, delChains: p.delChains, delPairs: p.delPairs,
+		delBackends: p.delBackends,
 	})
 	sent := 0
 	for i, b := range batches {
@@ -251,6 +257,9 @@ func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
 	if err := pairElements(c, t, p.delPairs, true); err != nil {
 		return err
 	}
+	if err := backendElements(c, t, p.delBackends, true); err != nil {
+		return err
+	}
 	for name, addrs := range p.delSetEls {
 		if err := setElements(c, t, name, addrs, true); err != nil {
 			return err
@@ -300,6 +309,9 @@ func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
 	}
 	for _, r := range rules {
 		c.AddRule(r)
+	}
+	if err := backendElements(c, t, p.addBackends, false); err != nil {
+		return err
 	}
 	if err := elements(c, t, nil, p.addElems, false); err != nil {
 		return err

@@ -2,8 +2,12 @@ package proxy
 
 import (
 	"encoding/binary"
+	"fmt"
 	"hash/maphash"
 	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
 )
 
 // The backend maps hold one element per endpoint of every chainless port:
@@ -76,4 +80,93 @@ func backendChanges(k MapKey, old []netip.AddrPort, oldT string, nu []netip.Addr
 			w.elems[ek] = MapElement{Key: ek.Key, To: nu[i]}
 		}
 	}
+}
+
+// backendElem is one backend element on its way to the kernel in a full
+// sync: a third of the size of an Element, and no map entry per element.
+type backendElem struct {
+	key MapKey // with the index; the address's family names the map
+	to  netip.AddrPort
+}
+
+// takeBackendElems removes the backend elements from have, read from the
+// kernel, and returns them.
+func takeBackendElems(have *Digest) map[elemKey]string {
+	out := map[elemKey]string{}
+	for ek, v := range have.Elems {
+		if isBackendMap(ek.Map) {
+			out[ek] = v
+			delete(have.Elems, ek)
+		}
+	}
+	return out
+}
+
+// backendPlan compares the backends a table should hold, the won lists,
+// with those it holds (have, from takeBackendElems): what to add, what to
+// delete (a changed value is both), and the sum of the table's elements once
+// done.
+func backendPlan(won []PortBackends, have map[elemKey]string) (add, del []backendElem, sum uint64) {
+	for _, pb := range won {
+		name := mapBackends(familyOf(pb.Key.Addr))
+		for i, to := range pb.To {
+			k := pb.Key
+			k.Index = uint32(i)
+			ek := elemKey{name, k}
+			v := to.String()
+			sum += backendHash(k, v)
+			if old, ok := have[ek]; ok {
+				delete(have, ek)
+				if old == v {
+					continue
+				}
+				del = append(del, backendElem{key: k})
+			}
+			add = append(add, backendElem{key: k, to: to})
+		}
+	}
+	for ek := range have {
+		del = append(del, backendElem{key: ek.Key})
+	}
+	byKey := func(a, b backendElem) int { return compareKeys(a.key, b.key) }
+	slices.SortFunc(add, byKey)
+	slices.SortFunc(del, byKey)
+	return add, del, sum
+}
+
+// backendElements queues the addition or deletion of backend elements, per
+// family's map.
+func backendElements(c *nftables.Conn, t *nftables.Table, list []backendElem, del bool) error {
+	byMap := map[string][]nftables.SetElement{}
+	for _, b := range list {
+		name := mapBackends(familyOf(b.key.Addr))
+		def := mapDefs[name]
+		var el nftables.SetElement
+		var err error
+		if del {
+			var key []byte
+			key, err = mapKeyBytes(def.Family, def.Key, b.key)
+			el.Key = key
+		} else {
+			el, err = setElement(def, MapElement{Key: b.key, To: b.to})
+		}
+		if err != nil {
+			return fmt.Errorf("map %s key %v: %w", name, b.key, err)
+		}
+		byMap[name] = append(byMap[name], el)
+	}
+	for _, f := range families {
+		name := mapBackends(f)
+		if len(byMap[name]) == 0 {
+			continue
+		}
+		ns, err := buildMap(t, mapDefs[name])
+		if err != nil {
+			return err
+		}
+		if err := setElems(c, ns.set, byMap[name], del); err != nil {
+			return fmt.Errorf("map %s elements: %w", name, err)
+		}
+	}
+	return nil
 }

@@ -48,13 +48,17 @@ type Plan struct {
 	// Hairpin pairs to add and delete, in table TableName: a full sync
 	// sends them outside addElems and delElems (pairChanges).
 	addPairs, delPairs []pairKey
+	// Backend elements to add and delete: a full sync sends them outside
+	// addElems and delElems too (backendPlan).
+	addBackends, delBackends []backendElem
 }
 
 // Ops counts the objects the plan sends: each chain, set, map, rule and
 // element created, changed or deleted.
 func (p *Plan) Ops() int {
 	n := len(p.addMaps) + len(p.addSets) + len(p.addChains) + len(p.delElems) + len(p.flush) +
-		len(p.delSets) + len(p.addElems) + len(p.delChains) + len(p.delMaps) + len(p.addPairs) + len(p.delPairs)
+		len(p.delSets) + len(p.addElems) + len(p.delChains) + len(p.delMaps) + len(p.addPairs) + len(p.delPairs) +
+		len(p.addBackends) + len(p.delBackends)
 	for _, c := range p.fill {
 		n += len(c.Rules)
 	}

@@ -309,9 +309,12 @@ func (s *Syncer) full() (SyncResult, error) {
 	}
 	for _, table := range s.tables() {
 		var m Model
+		var won []PortBackends
 		if i, ok := shardIndex(table); ok {
+			var frs []Fragment
+			frs, won = s.winning(byShard[i], kept)
 			m = Model{Table: table, Chains: slices.Clone(shard.Chains), Sets: slices.Clone(shard.Sets), Maps: slices.Clone(shard.Maps)}
-			m = assemble(m, s.winning(byShard[i], kept))
+			m = assemble(m, frs)
 		} else {
 			m = main
 		}
@@ -323,18 +326,15 @@ func (s *Syncer) full() (SyncResult, error) {
 		if table == TableName {
 			addPairs, delPairs = s.pairChanges(&have)
 		}
+		haveBackends := takeBackendElems(&have)
 		p := planDiff(table, have, desiredOf(m))
 		p.addPairs, p.delPairs = addPairs, delPairs
-		// The ledger leaves the key sets and backends out; dropped from the
-		// map afterwards, their entries would still size it.
 		var backendSum uint64
+		p.addBackends, p.delBackends, backendSum = backendPlan(won, haveBackends)
+		// The ledger leaves the key sets out; dropped from the map
+		// afterwards, their entries would still size it.
 		for i := range m.Maps {
-			if isBackendMap(m.Maps[i].Name) {
-				for _, e := range m.Maps[i].Elements {
-					backendSum += backendHash(e.Key, e.value())
-				}
-			}
-			if isKeySet(m.Maps[i].Name) || isBackendMap(m.Maps[i].Name) {
+			if isKeySet(m.Maps[i].Name) {
 				m.Maps[i].Elements = nil
 			}
 		}
@@ -366,9 +366,10 @@ func (s *Syncer) full() (SyncResult, error) {
 
 // winning returns the fragments of one shard's Services (keys in order),
 // taken out of kept or built now, with the map elements whose claims they
-// won.
-func (s *Syncer) winning(keys []ServiceKey, kept map[ServiceKey]Fragment) []Fragment {
+// won, and apart the backends of the Service-map keys they won.
+func (s *Syncer) winning(keys []ServiceKey, kept map[ServiceKey]Fragment) ([]Fragment, []PortBackends) {
 	out := make([]Fragment, 0, len(keys))
+	var backends []PortBackends
 	for _, k := range keys {
 		fr, ok := kept[k]
 		if ok {
@@ -382,9 +383,15 @@ func (s *Syncer) winning(keys []ServiceKey, kept map[ServiceKey]Fragment) []Frag
 				won = append(won, e)
 			}
 		}
-		out = append(out, Fragment{Chains: fr.Chains, Sets: fr.Sets, Elements: won, Backends: fr.Backends})
+		out = append(out, Fragment{Chains: fr.Chains, Sets: fr.Sets, Elements: won})
+		for _, pb := range fr.Backends {
+			ek := elemKey{mapServiceIPs(familyOf(pb.Key.Addr)), pb.Key}
+			if cl := s.claims[ek]; len(cl) > 0 && cl[0] == k {
+				backends = append(backends, pb)
+			}
+		}
 	}
-	return out
+	return out, backends
 }
 
 // failedFull handles a full sync whose write failed: Services whose rules
