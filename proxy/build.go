@@ -85,6 +85,10 @@ func isPickChain(name string) bool { return strings.HasPrefix(name, "pick-") }
 func pickChain(f Family, n int) Chain {
 	return Chain{Name: chainPick(f, n), Rules: []Rule{
 		{Action: Action{Kind: ActDNATPick, Map: mapBackends(f), Key: keyBackend, Family: f, Count: n}},
+		// Reached only if the lookup found no backend, which a consistent
+		// table never lets happen: refused and visible rather than let
+		// through untranslated for the rest of the flow's life.
+		{Action: Action{Kind: ActGoto, Chain: chainReject}, Comment: "backend missing"},
 	}}
 }
 
@@ -136,7 +140,8 @@ func (s State) Facts() Facts {
 
 // Fragment is what one Service adds to the ruleset: chains and affinity
 // sets of its own, and elements of the shared verdict maps. Fragments of
-// different Services never share a chain or set name, which is what lets
+// different Services share no chain or set name but the pick chains, which
+// are not theirs (a table has those its elements go to): that is what lets
 // the Syncer rebuild and diff one Service at a time.
 type Fragment struct {
 	Chains   []Chain

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 
 	"github.com/google/nftables"
@@ -118,7 +119,9 @@ func (a *Applier) readSet(conn *nftables.Conn, s *nftables.Set, d *Digest) error
 			d.Maps[s.Name] = "unexpected map " + s.Name
 			return nil
 		}
-		d.Maps[s.Name] = mapDef(def)
+		// All or nothing: a map re-created for a bad element comes back
+		// empty, and the backends read before it must not count as there.
+		read := make(map[elemKey]string, len(els))
 		for _, e := range els {
 			k, ok := decodeMapKey(def, e.Key)
 			a, aok := netip.AddrFromSlice(e.Val[:min(len(e.Val), int(addrLen))])
@@ -126,8 +129,10 @@ func (a *Applier) readSet(conn *nftables.Conn, s *nftables.Set, d *Digest) error
 				d.Maps[s.Name] = "unexpected element"
 				return nil
 			}
-			d.Elems[elemKey{s.Name, k}] = netip.AddrPortFrom(a, binary.BigEndian.Uint16(e.Val[addrLen:])).String()
+			read[elemKey{s.Name, k}] = netip.AddrPortFrom(a, binary.BigEndian.Uint16(e.Val[addrLen:])).String()
 		}
+		d.Maps[s.Name] = mapDef(def)
+		maps.Copy(d.Elems, read)
 		return nil
 	}
 	if s.IsMap {

@@ -128,7 +128,7 @@ const (
 	ActDNATNumgen ActionKind = "dnat numgen" // dnat to Backends[random mod len]
 	// ActDNATPick is dnat to Map[daddr . l4proto . dport . random mod
 	// Count]: the backends of the packet's own Service port, from a map
-	// all such ports share (see Skeleton's pick chains).
+	// all such ports share (see pickChain).
 	ActDNATPick ActionKind = "dnat pick"
 	ActUpdate   ActionKind = "update" // add Key (saddr) to dynamic Set
 )

@@ -53,8 +53,9 @@ type Syncer struct {
 	inputs map[ServiceKey]InputSource
 	// Below, the ledger: nil until a full sync succeeds, and again after
 	// any failure, which makes the next sync a full one. It leaves out the
-	// hairpin pairs (pairs says which are written) and the key sets, which
-	// follow from the elements it holds (keysets.go).
+	// hairpin pairs (pairs says which are written), the key sets, which
+	// follow from the elements it holds (keysets.go), and the backends
+	// (backendSums).
 	ledger map[string]*Digest // by table
 	// backendSums is, per table, the sum of its backend elements' hashes
 	// (backends.go); the ledger holds no backend element.
@@ -244,7 +245,7 @@ func (s *Syncer) fragment(k ServiceKey) Fragment {
 // keptParts bounds what a full sync keeps of its first pass's fragments so
 // as not to build them again: counted in chains, rules, rule backends and
 // elements, about 50 bytes each. The benchmark's Services (one port, ten
-// endpoints) weigh 14 and take about 0.7 KiB, so 70,000 keeps 5,000 of them
+// endpoints) weigh 13 and take about 0.7 KiB, so 70,000 keeps 5,000 of them
 // (some 3.5 MB) and a larger world keeps part of itself; the second build it
 // saves was a sixth of a 1,000-Service cold sync's CPU.
 const keptParts = 70_000
@@ -511,8 +512,8 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 		s.count(k, old, -1)
 		s.count(k, fr, 1)
 	}
-	// A fragment of a Service that did not change is built again only if it
-	// won or lost a shared key.
+	// A fragment of a Service that did not change is built again only when
+	// a changed Service shares a key with it.
 	fragOf := func(k ServiceKey, changed map[ServiceKey]Fragment) Fragment {
 		if fr, ok := changed[k]; ok {
 			return fr

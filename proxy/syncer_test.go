@@ -433,11 +433,11 @@ func TestSyncerChainlessTransactionSize(t *testing.T) {
 	checkLedger(t, s)
 	// One endpoint gone: its backend element and pair go, the Service's
 	// element moves to the 9-backend pick chain, which is new (a chain and
-	// its rule).
+	// its two rules).
 	fewer := replaced
 	fewer.Endpoints = replaced.Endpoints[:9]
-	if res := mustSync(t, s, map[ServiceKey]InputSource{last: &fewer}); res.Ops != 6 || res.Batches != 1 {
-		t.Errorf("removing one endpoint: %+v, want 6 objects in one batch", res)
+	if res := mustSync(t, s, map[ServiceKey]InputSource{last: &fewer}); res.Ops != 7 || res.Batches != 1 {
+		t.Errorf("removing one endpoint: %+v, want 7 objects in one batch", res)
 	}
 	checkLedger(t, s)
 	if res := mustSync(t, s, map[ServiceKey]InputSource{last: &fewer}); res.Ops != 0 {
@@ -536,5 +536,50 @@ func TestSyncerChainlessAndBack(t *testing.T) {
 		if want := map[bool]int{true: 2, false: 0}[nodePort == 0]; backends != want {
 			t.Errorf("step %d (NodePort %d): %d backend elements, want %d", i, nodePort, backends, want)
 		}
+	}
+}
+
+// A restart after every endpoint moved rewrites backends in place: in a full
+// sync split over batches each rewritten element goes with its deletion, as
+// the kernel refuses a held key with another value.
+func TestSyncerSplitFullRewritesBackends(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	s.app.batchOps = 100
+	mustSync(t, s, benchWorld(60))
+	moved := map[ServiceKey]InputSource{}
+	for k, src := range benchWorld(60) {
+		in := src.Input()
+		in.Endpoints = slices.Clone(in.Endpoints)
+		for i := range in.Endpoints {
+			in.Endpoints[i].Addr = netip.AddrFrom4([4]byte{10, 250, byte(len(moved)), byte(i)})
+		}
+		moved[k] = &in
+	}
+	again := newTestSyncer(t, node)
+	again.app.batchOps = 20
+	if res := mustSync(t, again, moved); !res.Full || res.Batches < 2 {
+		t.Errorf("restart with every endpoint moved: %+v, want a full sync in several batches", res)
+	}
+	checkLedger(t, again)
+}
+
+// An element of a backend map that the proxy cannot read gets the map
+// re-created, and every backend written again.
+func TestSyncerRepairsForeignBackendElement(t *testing.T) {
+	requireRoot(t)
+	requireNft(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	mustSync(t, s, benchWorld(3))
+	shard := shardTable(shardOf(ServiceKey{"bench", "svc-00001"}))
+	nft(t, node, "add element inet "+shard+" backends-v4 { 10.100.0.1 . icmp . 0 . 0x00000000 : 10.99.0.1 . 80 }")
+	if _, drift, err := s.CheckDrift(true); err != nil || !drift {
+		t.Fatalf("CheckDrift after a foreign element: drift %v, err %v", drift, err)
+	}
+	checkLedger(t, s)
+	if _, drift, _ := s.CheckDrift(true); drift {
+		t.Errorf("still drifting after the repair")
 	}
 }

@@ -258,7 +258,7 @@ func (t *Tracer) do(a Action, rules []Rule, i int, pkt Packet, p *Path, depth in
 		// every index is a path, and a missing one a lookup that fails.
 		vm, ok := t.Model.Map(a.Map)
 		if !ok || familyOf(pkt.Dst) != a.Family {
-			p.Err = "no backend map " + a.Map + " for this packet"
+			p.Err = fmt.Sprintf("no backend map %s for a packet of family %d", a.Map, familyOf(pkt.Dst))
 			return []outcome{{path: *p, kind: actError}}, true
 		}
 		var out []outcome
