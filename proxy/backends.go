@@ -39,11 +39,8 @@ func backendHash(k MapKey, value string) uint64 {
 // takeBackends removes the backend elements from d and returns their sum.
 func takeBackends(d *Digest) uint64 {
 	var sum uint64
-	for ek, v := range d.Elems {
-		if isBackendMap(ek.Map) {
-			sum += backendHash(ek.Key, v)
-			delete(d.Elems, ek)
-		}
+	for ek, v := range takeBackendElems(d) {
+		sum += backendHash(ek.Key, v)
 	}
 	return sum
 }
