@@ -140,9 +140,9 @@ func (s State) Facts() Facts {
 
 // Fragment is what one Service adds to the ruleset: chains and affinity
 // sets of its own, and elements of the shared verdict maps. Fragments of
-// different Services share no chain or set name but the pick chains, which
-// are not theirs (a table has those its elements go to): that is what lets
-// the Syncer rebuild and diff one Service at a time.
+// different Services never share a chain or set name, which is what lets
+// the Syncer rebuild and diff one Service at a time; the pick chains their
+// elements may go to are no fragment's.
 type Fragment struct {
 	Chains   []Chain
 	Sets     []Set
@@ -237,13 +237,7 @@ func assemble(m Model, frags []Fragment) Model {
 		vm.Elements = append(vm.Elements, e.MapElement)
 	}
 	for _, fr := range frags {
-		// Pick chains are shared: a table has those its elements go to
-		// (below), as partial syncs keep them (pickChainChanges).
-		for _, c := range fr.Chains {
-			if !isPickChain(c.Name) {
-				chains = append(chains, c)
-			}
-		}
+		chains = append(chains, fr.Chains...)
 		m.Sets = append(m.Sets, fr.Sets...)
 		won := map[MapKey]bool{}
 		for _, e := range fr.Elements {
@@ -268,6 +262,8 @@ func assemble(m Model, frags []Fragment) Model {
 			add(Element{Map: setHairpin(familyOf(a)), MapElement: MapElement{Key: MapKey{Addr: a}}})
 		}
 	}
+	// Pick chains are shared, in no fragment: a table has those its
+	// elements go to, as partial syncs keep them (pickChainChanges).
 	picks := map[string]bool{}
 	for _, vm := range m.Maps {
 		for _, e := range vm.Elements {
@@ -426,14 +422,6 @@ func (b *builder) addElem(mapName string, e MapElement) {
 	b.frag.Elements = append(b.frag.Elements, Element{Map: mapName, MapElement: e})
 }
 
-// pick returns the pick chain for n backends of family f, adding it to the
-// fragment once.
-func (b *builder) pick(f Family, n int) string {
-	c := pickChain(f, n)
-	b.addChain(c)
-	return c.Name
-}
-
 func (b *builder) addChain(c Chain) {
 	if b.seen == nil {
 		b.seen = map[string]bool{}
@@ -536,7 +524,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 		if len(internalEPs) > 0 {
 			to := internalChain
 			if chainless {
-				to = b.pick(f, len(internalEPs))
+				to = chainPick(f, len(internalEPs))
 				pb := PortBackends{Key: key, To: make([]netip.AddrPort, len(internalEPs))}
 				for i, ep := range internalEPs {
 					pb.To[i] = netip.AddrPortFrom(ep.Addr, uint16(ep.Ports[p.Name]))

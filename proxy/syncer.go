@@ -490,15 +490,13 @@ func (s *Syncer) partial(keys []ServiceKey, before map[ServiceKey]InputSource) (
 		}
 		oldFrags[k] = Fragment{Backends: old.Backends}
 		for _, c := range old.Chains {
-			if !isPickChain(c.Name) { // shared: see pickChainChanges
-				h.Chains[c.Name] = s.ledger[t].Chains[c.Name]
-			}
+			h.Chains[c.Name] = s.ledger[t].Chains[c.Name]
 		}
 		for _, st := range old.Sets {
 			h.Sets[st.Name] = s.ledger[t].Sets[st.Name]
 		}
 		fr := frags[k]
-		w.chains = append(w.chains, slices.DeleteFunc(slices.Clone(fr.Chains), func(c Chain) bool { return isPickChain(c.Name) })...)
+		w.chains = append(w.chains, fr.Chains...)
 		w.sets = append(w.sets, fr.Sets...)
 		for _, e := range slices.Concat(old.Elements, fr.Elements) {
 			touch(e)
@@ -665,11 +663,10 @@ func checkFragment(fr Fragment) error {
 }
 
 // pickChainChanges settles one table's pick chains in a partial sync. The
-// chains are shared by Services, so a fragment's own chains never add or
-// remove them: a chain is written when an element written goes to it and the
-// table lacks it, and removed when the elements taken out went to it and none
-// left in the table or written does. ledger, h and w are as for
-// keySetChanges.
+// chains are shared by Services and in no fragment: a chain is written when
+// an element written goes to it and the table lacks it, and removed when the
+// elements taken out went to it and none left in the table or written does.
+// ledger, h and w are as for keySetChanges.
 func pickChainChanges(ledger *Digest, h *Digest, w *desired) {
 	written := map[string]bool{}
 	for _, e := range w.elems {
