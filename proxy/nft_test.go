@@ -137,6 +137,42 @@ func TestKeyLoadRegisters(t *testing.T) {
 	}
 }
 
+// The pick rule's key (address, protocol, port, index) and value (address,
+// port) must sit in consecutive 32-bit registers without overlapping: NFT_REG32_00
+// is register 1, the others 8 + word.
+func TestDNATPickRegisters(t *testing.T) {
+	for _, tc := range []struct {
+		f                       Family
+		index, out, addr, proto uint32
+	}{
+		{IPv4, 8 + 3, 8 + 4, 8 + 4, 8 + 5},
+		{IPv6, 8 + 6, 8 + 7, 8 + 7, 8 + 11},
+	} {
+		es, err := dnatPick(Action{Kind: ActDNATPick, Map: mapBackends(tc.f), Key: keyBackend, Family: tc.f, Count: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct{ index, lookupIn, lookupOut, addr, proto uint32 }
+		for _, e := range es {
+			switch e := e.(type) {
+			case *expr.Numgen:
+				got.index = e.Register
+				if e.Modulus != 3 {
+					t.Errorf("family %d: numgen mod %d, want 3", tc.f, e.Modulus)
+				}
+			case *expr.Lookup:
+				got.lookupIn, got.lookupOut = e.SourceRegister, e.DestRegister
+			case *expr.NAT:
+				got.addr, got.proto = e.RegAddrMin, e.RegProtoMin
+			}
+		}
+		want := struct{ index, lookupIn, lookupOut, addr, proto uint32 }{tc.index, 1, tc.out, tc.addr, tc.proto}
+		if got != want {
+			t.Errorf("family %d: registers %+v, want %+v", tc.f, got, want)
+		}
+	}
+}
+
 func TestMapKeyBytes(t *testing.T) {
 	got, err := mapKeyBytes(IPv4, keyAddrProtoPort, MapKey{Addr: a("10.96.0.10"), Proto: TCP, Port: 80})
 	if err != nil {
@@ -155,6 +191,18 @@ func TestMapKeyBytes(t *testing.T) {
 	}
 	if _, err := mapKeyBytes(IPv4, keyAddrProtoPort, MapKey{Addr: a("fd00::1"), Proto: TCP, Port: 80}); err == nil {
 		t.Error("IPv6 key in an IPv4 map: no error")
+	}
+	// A backend map's key ends with the index as numgen writes it: host order.
+	got, err = mapKeyBytes(IPv4, keyBackend, MapKey{Addr: a("10.96.0.10"), Proto: TCP, Port: 80, Index: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, native32(2)...)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("backend key bytes (-want +got):\n%s", diff)
+	}
+	if kt, err = keyType(IPv4, keyBackend); err != nil || int(kt.Bytes) != len(want) {
+		t.Errorf("backend key type %s is %d bytes (%v), key is %d", kt.Name, kt.Bytes, err, len(want))
 	}
 }
 
@@ -183,6 +231,8 @@ func TestOwnedName(t *testing.T) {
 		"local-routes":            false,
 		"service-abcdefgh-x":      false,
 		"__map0":                  false,
+		"pick-2-v4":               true,
+		"backends-v6":             true,
 		"other":                   false,
 	} {
 		if got := ownedName(name); got != want {
