@@ -583,3 +583,34 @@ func TestSyncerRepairsForeignBackendElement(t *testing.T) {
 		t.Errorf("still drifting after the repair")
 	}
 }
+
+// internalTrafficPolicy: Local with the node's endpoint coming and going: the
+// ClusterIP moves between the pick chain (local backends only) and a drop in
+// the no-endpoint map, and the backends follow.
+func TestSyncerChainlessLocalPolicy(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	s := newTestSyncer(t, node)
+	k := ServiceKey{"ns", "itp"}
+	mk := func(local bool) *ServiceInput {
+		in := &ServiceInput{
+			Service:   Service{Namespace: "ns", Name: "itp", ClusterIPs: []netip.Addr{a("10.96.8.8")}, Ports: httpPort(0), InternalLocal: true},
+			Endpoints: []Endpoint{ep("10.245.8.1", nodeB, http8080())},
+		}
+		if local {
+			in.Endpoints = append(in.Endpoints, ep("10.244.8.1", nodeA, http8080()))
+		}
+		return in
+	}
+	key := MapKey{Addr: a("10.96.8.8"), Proto: TCP, Port: 80}
+	table := shardTable(shardOf(k))
+	for i, local := range []bool{true, false, true, false} {
+		mustSync(t, s, map[ServiceKey]InputSource{k: mk(local)})
+		checkLedger(t, s)
+		want := map[bool]string{true: "goto pick-1-v4", false: "drop"}[local]
+		m := map[bool]string{true: mapServiceIPs(IPv4), false: mapNoEPServices(IPv4)}[local]
+		if got := s.ledger[table].Elems[elemKey{m, key}]; got != want {
+			t.Errorf("step %d (local endpoint %v): %s holds %q, want %q", i, local, m, got, want)
+		}
+	}
+}
