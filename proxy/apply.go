@@ -268,7 +268,7 @@ func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
 	if err := pairElements(c, t, p.delPairs, true); err != nil {
 		return err
 	}
-	if err := backendElements(c, t, p.delBackends, true); err != nil {
+	if err := elements(c, t, backendKeys(p.delBackends), nil, true); err != nil {
 		return err
 	}
 	for name, addrs := range p.delSetEls {
@@ -321,7 +321,7 @@ func queue(c *nftables.Conn, t *nftables.Table, p *Plan) error {
 	for _, r := range rules {
 		c.AddRule(r)
 	}
-	if err := backendElements(c, t, p.addBackends, false); err != nil {
+	if err := elements(c, t, nil, backendAdds(p.addBackends), false); err != nil {
 		return err
 	}
 	if err := elements(c, t, nil, p.addElems, false); err != nil {

@@ -2,12 +2,9 @@ package proxy
 
 import (
 	"encoding/binary"
-	"fmt"
 	"hash/maphash"
 	"net/netip"
 	"slices"
-
-	"github.com/google/nftables"
 )
 
 // The backend maps hold one element per endpoint of every chainless port:
@@ -80,7 +77,8 @@ func backendChanges(k MapKey, old []netip.AddrPort, oldT string, nu []netip.Addr
 }
 
 // backendElem is one backend element on its way to the kernel in a full
-// sync: a third of the size of an Element, and no map entry per element.
+// sync: a third of the size of an Element, and no map entry per element;
+// each becomes an Element only in the batch that sends it.
 type backendElem struct {
 	key MapKey // with the index; the address's family names the map
 	to  netip.AddrPort
@@ -131,39 +129,20 @@ func backendPlan(won []PortBackends, have map[elemKey]string) (add, del []backen
 	return add, del, sum
 }
 
-// backendElements queues the addition or deletion of backend elements, per
-// family's map.
-func backendElements(c *nftables.Conn, t *nftables.Table, list []backendElem, del bool) error {
-	byMap := map[string][]nftables.SetElement{}
-	for _, b := range list {
-		name := mapBackends(familyOf(b.key.Addr))
-		def := mapDefs[name]
-		var el nftables.SetElement
-		var err error
-		if del {
-			var key []byte
-			key, err = mapKeyBytes(def.Family, def.Key, b.key)
-			el.Key = key
-		} else {
-			el, err = setElement(def, MapElement{Key: b.key, To: b.to})
-		}
-		if err != nil {
-			return fmt.Errorf("map %s key %v: %w", name, b.key, err)
-		}
-		byMap[name] = append(byMap[name], el)
+// backendKeys and backendAdds turn a batch's backend elements into the
+// general ones, only as they are queued.
+func backendKeys(list []backendElem) []elemKey {
+	out := make([]elemKey, len(list))
+	for i, b := range list {
+		out[i] = elemKey{mapBackends(familyOf(b.key.Addr)), b.key}
 	}
-	for _, f := range families {
-		name := mapBackends(f)
-		if len(byMap[name]) == 0 {
-			continue
-		}
-		ns, err := buildMap(t, mapDefs[name])
-		if err != nil {
-			return err
-		}
-		if err := setElems(c, ns.set, byMap[name], del); err != nil {
-			return fmt.Errorf("map %s elements: %w", name, err)
-		}
+	return out
+}
+
+func backendAdds(list []backendElem) []Element {
+	out := make([]Element, len(list))
+	for i, b := range list {
+		out[i] = Element{Map: mapBackends(familyOf(b.key.Addr)), MapElement: MapElement{Key: b.key, To: b.to}}
 	}
-	return nil
+	return out
 }

@@ -84,7 +84,7 @@ func isPickChain(name string) bool { return strings.HasPrefix(name, "pick-") }
 // map.
 func pickChain(f Family, n int) Chain {
 	return Chain{Name: chainPick(f, n), Rules: []Rule{
-		{Action: Action{Kind: ActDNATPick, Map: mapBackends(f), Key: keyBackend, Family: f, Count: n}},
+		{Action: Action{Kind: ActDNATPick, Map: mapBackends(f), Family: f, Count: n}},
 		// Reached only if the lookup found no backend, which a consistent
 		// table never lets happen: refused and visible rather than let
 		// through untranslated for the rest of the flow's life.

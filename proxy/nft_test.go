@@ -148,7 +148,7 @@ func TestDNATPickRegisters(t *testing.T) {
 		{IPv4, 8 + 3, 8 + 4, 8 + 4, 8 + 5},
 		{IPv6, 8 + 6, 8 + 7, 8 + 7, 8 + 11},
 	} {
-		es, err := dnatPick(Action{Kind: ActDNATPick, Map: mapBackends(tc.f), Key: keyBackend, Family: tc.f, Count: 3})
+		es, err := dnatPick(Action{Kind: ActDNATPick, Map: mapBackends(tc.f), Family: tc.f, Count: 3})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -193,7 +193,7 @@ func (a Action) render() string {
 		}
 		return string(append(b, " }"...))
 	case ActDNATPick:
-		return fmt.Sprintf("dnat %s to %s mod %d map @%s", perFamily(a.Family, "ip", "ip6"), keyExpr(a.Family, a.Key), a.Count, a.Map)
+		return fmt.Sprintf("dnat %s to %s mod %d map @%s", perFamily(a.Family, "ip", "ip6"), keyExpr(a.Family, keyBackend), a.Count, a.Map)
 	case ActUpdate:
 		return fmt.Sprintf("update @%s { %s }", a.Set, keyExpr(a.Family, a.Key))
 	}
