@@ -11,7 +11,9 @@
 // node namespace to real listeners; at the largest it also times single-endpoint changes (API
 // call → new endpoint chain in the Service's chain). CPU time and memory come from /proc. Rounds
 // alternate which side goes first; the report shows medians over rounds, the
-// nodenet/kube-proxy ratio and the targets of issue 4. A side that cannot run (nodenet while its
+// nodenet/kube-proxy ratio and the targets of issue 4. Each round also times the list floor
+// (floor.go): exec → the Services and EndpointSlices received by a minimal client, which no
+// proxy's cold start can beat. A side that cannot run (nodenet while its
 // proxy is not wired into the daemon) is reported as not available. It needs root for the
 // namespaces; everything it creates is removed on exit.
 //
@@ -180,6 +182,11 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 	if err != nil {
 		return err
 	}
+	floorBin, err := buildListFloor(ctx, l.Dir)
+	if err != nil {
+		return err
+	}
+	floor := listFloor{bin: floorBin, netns: sides[0].node.NS.Name, kubeconfig: sides[0].kubeconfig}
 	version, err := exec.CommandContext(ctx, filepath.Join(opts.clusterBin, "kube-proxy"), "--version").Output()
 	if err != nil {
 		return fmt.Errorf("kube-proxy --version: %w", err)
@@ -190,7 +197,7 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 		code = []byte("unknown (git describe failed)")
 	}
 	rep := &report{opts: opts, started: started.UTC(), kubeProxyVersion: strings.TrimSpace(string(version)), code: strings.TrimSpace(string(code)),
-		results: map[string]map[int][]roundResult{}, created: map[int]time.Duration{}}
+		results: map[string]map[int][]roundResult{}, created: map[int]time.Duration{}, floors: map[int][]time.Duration{}}
 	sizes := append([]int{opts.connectServices}, opts.scales...)
 	slices.Sort(sizes)
 	sizes = slices.Compact(sizes)
@@ -208,6 +215,12 @@ func run(ctx context.Context, opts options, out, progress io.Writer) (err error)
 		}
 		connect, changes := si == 0 || si == len(sizes)-1, si == len(sizes)-1 && si > 0
 		for r := range opts.rounds {
+			took, err := floor.measure(ctx, size)
+			if err != nil {
+				return err
+			}
+			rep.floors[size] = append(rep.floors[size], took)
+			logf("%d Services, round %d/%d: list floor %s", size, r+1, opts.rounds, summary.Millis(took))
 			order := slices.Clone(sides)
 			if r%2 == 1 {
 				slices.Reverse(order)

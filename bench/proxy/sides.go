@@ -35,6 +35,8 @@ type side struct {
 	programmingMetric string
 	// logPath is the proxy's log, inside the lab directory that Close removes.
 	logPath string
+	// kubeconfig is the proxy's identity, which the list floor borrows.
+	kubeconfig string
 	// profileName names the current round's profiles (nodenet only, with --profiles).
 	profileName string
 	// peakRSS is the highest resident set seen in the current round (sampleRSS).
@@ -74,7 +76,7 @@ func newKubeProxySide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, bin
 	}
 	log := filepath.Join(node.Dir, "kube-proxy.log")
 	return &side{
-		name: sideKubeProxy, node: node, rules: kubeProxyRules, topo: topo, logPath: log,
+		name: sideKubeProxy, node: node, rules: kubeProxyRules, topo: topo, logPath: log, kubeconfig: kubeconfig,
 		proc:        &harness.NetnsProc{Name: "kube-proxy", Lab: l, NS: node.NS, Argv: []string{filepath.Join(binDir, "kube-proxy"), "--config", config}, Log: log},
 		metricsAddr: "127.0.0.1:10249", programmingMetric: "kubeproxy_network_programming_duration_seconds",
 	}, nil
@@ -159,6 +161,7 @@ func newNodenetSide(ctx context.Context, cp *lab.ControlPlane, l *lab.Lab, index
 	}
 	return &side{
 		name: sideNodenet, node: node, rules: nodenetRules, topo: topo, proc: harness.NodenetDaemon{Node: node, MemoryLimit: memoryLimit}, logPath: node.LogPath,
+		kubeconfig:  node.Kubeconfig,
 		metricsAddr: "127.0.0.1:9310", programmingMetric: "nodenet_proxy_network_programming_duration_seconds",
 	}, nil
 }
