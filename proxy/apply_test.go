@@ -16,6 +16,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/nodenet/nodenet/internal/nstest"
 )
@@ -57,14 +58,26 @@ const (
 	pod2      = "10.244.1.3"
 	client    = "10.244.1.4"
 	nodeGW    = "10.244.1.1"
+
+	// The same over IPv6: the pods route through the node's link-local
+	// gateway on each veth.
+	svcWeb6   = "fd00:96::10"
+	svcPlain6 = "fd00:96::13"
+	pod1v6    = "fd00:244:1::2"
+	pod2v6    = "fd00:244:1::3"
+	client6   = "fd00:244:1::4"
+	nodeGW6   = "fe80::1"
 )
 
 // kernelState has a ClusterIP service with a NodePort and two endpoints, a
-// service without endpoints and one with ClientIP affinity.
+// service without endpoints, one with ClientIP affinity, one whose port has
+// no chain, and two IPv6 Services: one with a NodePort (a chain), one
+// without (no chain).
 func kernelState() State {
 	web := ServiceKey{"ns", "web"}
 	sticky := ServiceKey{"ns", "sticky"}
 	plain := ServiceKey{"ns", "plain"}
+	v6 := []Endpoint{ep(pod1v6, nodeA, http8080()), ep(pod2v6, nodeA, http8080())}
 	return State{
 		Node:         Node{Name: nodeA},
 		ClusterCIDRs: []netip.Prefix{pf("10.244.0.0/16")},
@@ -73,11 +86,15 @@ func kernelState() State {
 			{Namespace: "ns", Name: "empty", ClusterIPs: []netip.Addr{a(svcEmpty)}, Ports: httpPort(0)},
 			{Namespace: "ns", Name: "sticky", ClusterIPs: []netip.Addr{a(svcSticky)}, Ports: httpPort(0), SessionAffinityTimeout: time.Hour},
 			{Namespace: "ns", Name: "plain", ClusterIPs: []netip.Addr{a(svcPlain)}, Ports: httpPort(0)},
+			{Namespace: "ns", Name: "web6", ClusterIPs: []netip.Addr{a(svcWeb6)}, Ports: httpPort(30081)},
+			{Namespace: "ns", Name: "plain6", ClusterIPs: []netip.Addr{a(svcPlain6)}, Ports: httpPort(0)},
 		},
 		Endpoints: map[ServiceKey][]Endpoint{
-			plain:  {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
-			web:    {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
-			sticky: {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
+			{"ns", "web6"}:   v6,
+			{"ns", "plain6"}: v6,
+			plain:            {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
+			web:              {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
+			sticky:           {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
 		},
 	}
 }
@@ -176,6 +193,11 @@ func TestApplyKernel(t *testing.T) {
 		`10.96.0.13 . tcp . 80 comment "ns/plain/tcp/http" : goto pick-2-v4`,
 		"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-v4",
 		"10.96.0.13 . tcp . 80 . 0x00000001 : 10.244.1.3 . 8080",
+		// The same over IPv6.
+		`fd00:96::13 . tcp . 80 comment "ns/plain6/tcp/http" : goto pick-2-v6`,
+		"dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 2 map @backends-v6",
+		"fd00:96::13 . tcp . 80 . 0x00000001 : fd00:244:1::3 . 8080",
+		`fd00:96::10 . tcp . 80 comment "ns/web6/tcp/http" : goto service-`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("nft list table lacks %q", want)
@@ -219,12 +241,21 @@ type topology struct {
 func newTopology(t testing.TB) *topology {
 	t.Helper()
 	tp := &topology{node: newNS(t), pod1: newNS(t), pod2: newNS(t), client: newNS(t)}
+	// Addresses added with nodad are usable at once; the veths' own
+	// link-local ones would otherwise be tentative for a second, and the
+	// pods could not resolve their gateway.
+	for _, n := range []ns.NetNS{tp.node, tp.pod1, tp.pod2, tp.client} {
+		must(t, n.Do(func(ns.NetNS) error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0o644)
+		}))
+	}
 	nodeH := nsHandle(t, tp.node)
 	gw := netip.MustParsePrefix(nodeGW + "/32")
+	gw6 := &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(nodeGW6 + "/64")), Flags: unix.IFA_F_NODAD}
 	for i, p := range []struct {
-		n    ns.NetNS
-		addr string
-	}{{tp.pod1, pod1}, {tp.pod2, pod2}, {tp.client, client}} {
+		n           ns.NetNS
+		addr, addr6 string
+	}{{tp.pod1, pod1, pod1v6}, {tp.pod2, pod2, pod2v6}, {tp.client, client, client6}} {
 		hostName := fmt.Sprintf("veth%d", i)
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.n.Fd()))}
 		if err := nodeH.LinkAdd(veth); err != nil {
@@ -237,6 +268,8 @@ func newTopology(t testing.TB) *topology {
 		must(t, nodeH.AddrAdd(host, &netlink.Addr{IPNet: ipNet(gw)}))
 		must(t, nodeH.LinkSetUp(host))
 		must(t, nodeH.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(netip.MustParsePrefix(p.addr + "/32")), Scope: netlink.SCOPE_LINK}))
+		must(t, nodeH.AddrAdd(host, gw6))
+		must(t, nodeH.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(netip.MustParsePrefix(p.addr6 + "/128"))}))
 
 		h := nsHandle(t, p.n)
 		lo, err := h.LinkByName("lo")
@@ -252,9 +285,12 @@ func newTopology(t testing.TB) *topology {
 		must(t, h.LinkSetUp(eth))
 		must(t, h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: ipNet(gw), Scope: netlink.SCOPE_LINK}))
 		must(t, h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP(nodeGW)}))
+		must(t, h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(p.addr6 + "/128")), Flags: unix.IFA_F_NODAD}))
+		must(t, h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("::/0")), Gw: net.ParseIP(nodeGW6)}))
 	}
 	err := tp.node.Do(func(ns.NetNS) error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+		return errors.Join(os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644),
+			os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644))
 	})
 	must(t, err)
 	return tp
@@ -289,27 +325,42 @@ func TestApplyPackets(t *testing.T) {
 	if err := NewApplier(int(tp.node.Fd())).Apply(Build(kernelState())); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
-	serve(t, tp.pod1, pod1+":8080")
-	serve(t, tp.pod2, pod2+":8080")
+	for _, addr := range []string{pod1, pod1v6} {
+		serve(t, tp.pod1, net.JoinHostPort(addr, "8080"))
+	}
+	for _, addr := range []string{pod2, pod2v6} {
+		serve(t, tp.pod2, net.JoinHostPort(addr, "8080"))
+	}
 
-	// web has a chain of its own (it has a NodePort); plain goes through
-	// the shared pick chain and backend map.
-	for name, vip := range map[string]string{"clusterIP": svcWeb, "clusterIP without a chain": svcPlain} {
-		t.Run(name, func(t *testing.T) {
+	// web and web6 have a chain of their own (they have a NodePort); plain
+	// and plain6 go through the shared pick chain and backend map.
+	for _, tc := range []struct {
+		name, vip, client, pod1, pod2 string
+	}{
+		{"clusterIP", svcWeb, client, pod1, pod2},
+		{"clusterIP without a chain", svcPlain, client, pod1, pod2},
+		{"IPv6 clusterIP", svcWeb6, client6, pod1v6, pod2v6},
+		{"IPv6 clusterIP without a chain", svcPlain6, client6, pod1v6, pod2v6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			seen := map[string]int{}
 			for range 20 {
-				line, err := dial(tp.client, vip+":80")
+				line, err := dial(tp.client, net.JoinHostPort(tc.vip, "80"))
 				if err != nil {
 					t.Fatal(err)
 				}
 				local, peer, _ := strings.Cut(line, " ")
-				if !strings.HasPrefix(peer, client+":") {
-					t.Errorf("backend saw %s, want the client's own address %s (no masquerade from a pod)", peer, client)
+				if from, err := netip.ParseAddrPort(peer); err != nil || from.Addr() != a(tc.client) {
+					t.Errorf("backend saw %s, want the client's own address %s (no masquerade from a pod)", peer, tc.client)
 				}
-				seen[strings.TrimSuffix(local, ":8080")]++
+				to, err := netip.ParseAddrPort(local)
+				if err != nil {
+					t.Fatalf("backend's address %q: %v", local, err)
+				}
+				seen[to.Addr().String()]++
 			}
-			if seen[pod1] == 0 || seen[pod2] == 0 || len(seen) != 2 {
-				t.Errorf("backends reached %v, want both %s and %s", seen, pod1, pod2)
+			if seen[tc.pod1] == 0 || seen[tc.pod2] == 0 || len(seen) != 2 {
+				t.Errorf("backends reached %v, want both %s and %s", seen, tc.pod1, tc.pod2)
 			}
 		})
 	}
