@@ -71,8 +71,8 @@ const (
 
 // kernelState has a ClusterIP service with a NodePort and two endpoints, a
 // service without endpoints, one with ClientIP affinity, one whose port has
-// no chain, and two IPv6 Services: one with a NodePort (a chain), one
-// without (no chain).
+// no chain, and three IPv6 Services: one with a NodePort (a chain), one
+// without (no chain), one with affinity.
 func kernelState() State {
 	web := ServiceKey{"ns", "web"}
 	sticky := ServiceKey{"ns", "sticky"}
@@ -88,13 +88,15 @@ func kernelState() State {
 			{Namespace: "ns", Name: "plain", ClusterIPs: []netip.Addr{a(svcPlain)}, Ports: httpPort(0)},
 			{Namespace: "ns", Name: "web6", ClusterIPs: []netip.Addr{a(svcWeb6)}, Ports: httpPort(30081)},
 			{Namespace: "ns", Name: "plain6", ClusterIPs: []netip.Addr{a(svcPlain6)}, Ports: httpPort(0)},
+			{Namespace: "ns", Name: "sticky6", ClusterIPs: []netip.Addr{a("fd00:96::12")}, Ports: httpPort(0), SessionAffinityTimeout: time.Hour},
 		},
 		Endpoints: map[ServiceKey][]Endpoint{
-			{"ns", "web6"}:   v6,
-			{"ns", "plain6"}: v6,
-			plain:            {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
-			web:              {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
-			sticky:           {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
+			{"ns", "web6"}:    v6,
+			{"ns", "plain6"}:  v6,
+			{"ns", "sticky6"}: v6,
+			plain:             {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
+			web:               {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
+			sticky:            {ep(pod1, nodeA, http8080()), ep(pod2, nodeA, http8080())},
 		},
 	}
 }
@@ -205,6 +207,35 @@ func TestApplyKernel(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("nft list table:\n%s", text)
+	}
+
+	// An operator can name an endpoint's chain and affinity set to nft.
+	var named []string
+	for _, c := range m.Chains {
+		if strings.HasPrefix(c.Name, "endpoint-") {
+			named = append(named, "chain "+c.Name)
+		}
+	}
+	for _, set := range m.Sets {
+		if strings.HasPrefix(set.Name, "affinity-") {
+			named = append(named, "set "+set.Name)
+		}
+	}
+	if len(named) == 0 {
+		t.Fatal("kernelState has no endpoint chain or affinity set")
+	}
+	for _, obj := range named {
+		kind, name, _ := strings.Cut(obj, " ")
+		err := node.Do(func(ns.NetNS) error {
+			out, err := exec.Command("nft", "list", kind, "inet", TableName, name).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%w: %s", err, out)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("nft list %s: %v", obj, err)
+		}
 	}
 
 	// A second Apply, through a new Applier as after a restart, leaves the

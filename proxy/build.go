@@ -470,6 +470,13 @@ func namesFor(svc Service, p ServicePort, f Family) portNames {
 	}
 }
 
+// endpointName is an endpoint as the names of its chain and affinity set end: address/port, an
+// IPv6 address's colons as dots. nft's parser takes neither a colon nor brackets in a name, so a
+// listed ruleset could not be loaded back with nft -f (kube-proxy names them the same way).
+func endpointName(addr netip.Addr, port int32) string {
+	return strings.ReplaceAll(addr.String(), ":", ".") + "/" + strconv.Itoa(int(port))
+}
+
 type backend struct {
 	addr  netip.Addr
 	port  int32
@@ -595,7 +602,7 @@ func (b *builder) servicePort(svc Service, p ServicePort, f Family) {
 			if affinity {
 				// Only affinity needs a chain and a set per backend; naming
 				// them hashes, which is most of a large Service's build.
-				tail := comment + "__" + netip.AddrPortFrom(ep.Addr, uint16(be.port)).String()
+				tail := comment + "__" + endpointName(ep.Addr, be.port)
 				h := shortHash(famSuffix(f), tail)
 				be.chain, be.set = "endpoint-"+h+"-"+tail, "affinity-"+h+"-"+tail
 			}

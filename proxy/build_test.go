@@ -295,3 +295,16 @@ func fromObjects(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, node 
 	}
 	return st
 }
+
+// Endpoint chain and set names must parse as nft identifiers: no colon, no brackets.
+func TestEndpointName(t *testing.T) {
+	for addr, want := range map[string]string{
+		"10.244.1.2":     "10.244.1.2/8080",
+		"fd00:244::2":    "fd00.244..2/8080",
+		"::ffff:1.2.3.4": "..ffff.1.2.3.4/8080",
+	} {
+		if got := endpointName(netip.MustParseAddr(addr), 8080); got != want {
+			t.Errorf("endpointName(%s) = %q, want %q", addr, got, want)
+		}
+	}
+}

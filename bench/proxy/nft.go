@@ -199,7 +199,8 @@ type target struct {
 }
 
 // hasEndpoint reports whether addr is one of targets: an address, or an endpoint chain named
-// after it ("...__10.244.1.2:8080" in nodenet, "...__10.244.1.2/8080" in older kube-proxy).
+// after it ("...__10.244.1.2/8080", as nodenet and older kube-proxy name them; nodenet before
+// the rename "...__10.244.1.2:8080").
 func hasEndpoint(targets []target, addr netip.Addr) bool {
 	for _, t := range targets {
 		if bytes.HasPrefix(t.data, addr.AsSlice()) {
