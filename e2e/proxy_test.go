@@ -50,6 +50,7 @@ func TestServices(t *testing.T) {
 	t.Run("ClientIP affinity holds then expires", s.testAffinity)
 	t.Run("externalTrafficPolicy Local", s.testExternalLocal)
 	t.Run("internalTrafficPolicy Local", s.testInternalLocal)
+	t.Run("trafficDistribution PreferSameNode", s.testPreferSameNode)
 	t.Run("no endpoints rejects at once", s.testNoEndpoints)
 	t.Run("terminating-only backend serves", s.testTerminating)
 	t.Run("UDP backend swap with a fixed client port", s.testUDPSwap)
@@ -121,6 +122,8 @@ func labServices() []*corev1.Service {
 	for _, s := range []*corev1.Service{itp, itp2} {
 		s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
 	}
+	near := service(svcNS, "near", corev1.ServiceTypeClusterIP, map[string]string{"app": "web"}, web)
+	near.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferSameNode)
 	nginxSvc := service("default", "nginx-svc", corev1.ServiceTypeNodePort, map[string]string{"app": "default-nginx"}, tcpPort("", 80, httpPort))
 	nginxSvc.Spec.Ports[0].NodePort = 30080
 	return []*corev1.Service{
@@ -128,7 +131,7 @@ func labServices() []*corev1.Service {
 		service("test", "test-svc", corev1.ServiceTypeClusterIP, map[string]string{"app": "test-nginx"}, tcpPort("", 80, httpPort)),
 		nginxSvc,
 		service(svcNS, "web", corev1.ServiceTypeNodePort, map[string]string{"app": "web"}, web),
-		sticky, etp, itp, itp2,
+		sticky, etp, itp, itp2, near,
 		service(svcNS, "empty", corev1.ServiceTypeNodePort, map[string]string{"app": "nobody"},
 			tcpPort("tcp", 80, whoPort),
 			corev1.ServicePort{Name: "udp", Protocol: corev1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(udpPort)}),
@@ -573,6 +576,57 @@ func (s *serviceLab) testInternalLocal(t *testing.T) {
 	waitElement(t, s.n1, "no-endpoint-services-v4", fmt.Sprintf("%s . tcp . %d", svc.Spec.ClusterIP, svc.Spec.Ports[0].Port))
 	if took, err := dialFails(ctx, s.pods["client-1"].NS, s.vip("svc/itp-2"), 2*time.Second); !isTimeout(err) {
 		t.Errorf("client-1 → itp-2 (endpoint only on node2): %v after %v, want the packet dropped (timeout)", err, took)
+	}
+}
+
+// testPreferSameNode: for trafficDistribution: PreferSameNode the endpointslice controller hints
+// each endpoint for its own node, and a client reaches only its node's endpoints, as through
+// kube-proxy. It first waits for the hints, so that it tests the proxy, not the controller's pace.
+func (s *serviceLab) testPreferSameNode(t *testing.T) {
+	ctx := t.Context()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		list, err := s.c.cp.Client.DiscoveryV1().EndpointSlices(svcNS).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=near"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hinted, all := 0, 0
+		for _, sl := range list.Items {
+			for _, ep := range sl.Endpoints {
+				all++
+				if ep.Hints != nil && len(ep.Hints.ForNodes) > 0 {
+					hinted++
+				}
+			}
+		}
+		if all == 3 && hinted == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("near's EndpointSlices: %d of %d endpoints hinted for a node after 30 s, want 3 of 3", hinted, all)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for client, want := range map[string][]string{"client-1": {"web-1", "web-2"}, "client-2": {"web-3"}} {
+		// The rules follow the hints a moment after the slice shows them.
+		var got []string
+		for range 50 {
+			hit := map[string]bool{}
+			for range 30 {
+				name, _, err := s.pods[client].NS.AskWho(ctx, s.vip("svc/near"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				hit[name] = true
+			}
+			if got = slices.Sorted(maps.Keys(hit)); slices.Equal(got, want) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s → near reached %v, want exactly its node's endpoints %v", client, got, want)
+		}
 	}
 }
 

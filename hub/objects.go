@@ -217,6 +217,7 @@ type Endpoint struct {
 type endpointRare struct {
 	hostname  string
 	zoneHints []string
+	nodeHints []string
 	addrs     []netip.Addr // every address, when there are more than one
 }
 
@@ -242,6 +243,15 @@ func (e *Endpoint) ZoneHints() []string {
 		return nil
 	}
 	return e.rare.zoneHints
+}
+
+// NodeHints are the nodes the endpoint should serve (hints.forNodes, which the endpointslice
+// controller writes for trafficDistribution: PreferSameNode).
+func (e *Endpoint) NodeHints() []string {
+	if e.rare == nil {
+		return nil
+	}
+	return e.rare.nodeHints
 }
 
 // Addrs are all the endpoint's addresses, Addr first.
@@ -322,11 +332,14 @@ func endpointOf(e *discoveryv1.Endpoint) (Endpoint, bool) {
 		for _, z := range e.Hints.ForZones {
 			rare.zoneHints = append(rare.zoneHints, z.Name)
 		}
+		for _, n := range e.Hints.ForNodes {
+			rare.nodeHints = append(rare.nodeHints, n.Name)
+		}
 	}
 	if len(e.Addresses) > 1 {
 		rare.addrs = parseAddrs(e.Addresses)
 	}
-	if rare.hostname != "" || len(rare.zoneHints) > 0 || len(rare.addrs) > 1 {
+	if rare.hostname != "" || len(rare.zoneHints) > 0 || len(rare.nodeHints) > 0 || len(rare.addrs) > 1 {
 		out.rare = &rare
 	}
 	return out, true

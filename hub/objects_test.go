@@ -142,7 +142,8 @@ func TestEndpointSliceOf(t *testing.T) {
 				Addresses:  []string{"10.244.2.5", "10.244.2.6"},
 				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false), Serving: ptr.To(true), Terminating: ptr.To(true)},
 				Hostname:   ptr.To("web-1"), NodeName: ptr.To("node-1"),
-				Hints: &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "zone-a"}, {Name: "zone-b"}}},
+				Hints: &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "zone-a"}, {Name: "zone-b"}},
+					ForNodes: []discoveryv1.ForNode{{Name: "node-1"}}},
 			},
 			discoveryv1.Endpoint{ // not ready: not serving either
 				Addresses: []string{"::ffff:10.244.3.5"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false)},
@@ -164,7 +165,7 @@ func TestEndpointSliceOf(t *testing.T) {
 		Endpoints: []Endpoint{
 			{Addr: netip.MustParseAddr("10.244.1.5"), Ready: true, Serving: true, node: unique.Make("node-1")},
 			{Addr: netip.MustParseAddr("10.244.2.5"), Serving: true, Terminating: true, node: unique.Make("node-1"),
-				rare: &endpointRare{hostname: "web-1", zoneHints: []string{"zone-a", "zone-b"}, addrs: addrs("10.244.2.5", "10.244.2.6")}},
+				rare: &endpointRare{hostname: "web-1", zoneHints: []string{"zone-a", "zone-b"}, nodeHints: []string{"node-1"}, addrs: addrs("10.244.2.5", "10.244.2.6")}},
 			{Addr: netip.MustParseAddr("10.244.3.5")},
 		},
 	}

@@ -738,9 +738,8 @@ func (b *builder) mayHairpin(ep Endpoint, podRanges []netip.Prefix) bool {
 
 // categorize returns the endpoints of one Service port, family f, usable
 // cluster-wide and on this node: Ready ones, or if there are none,
-// Serving+Terminating ones (graceful termination). Cluster-wide endpoints
-// are narrowed to this node's zone when every endpoint carries hints and
-// some hint names the zone.
+// Serving+Terminating ones (graceful termination). Ready cluster-wide
+// endpoints are narrowed by their topology hints (topologyHints).
 func (b *builder) categorize(svc Service, p ServicePort, f Family) (cluster, local []Endpoint) {
 	all := make([]Endpoint, 0, len(b.eps))
 	for _, ep := range b.eps {
@@ -776,19 +775,8 @@ func (b *builder) categorize(svc Service, p ServicePort, f Family) (cluster, loc
 		return out
 	}
 	cluster = choose(all)
-	if zone := b.facts.Node.Zone; zone != "" && len(cluster) > 0 {
-		hinted, inZone := true, []Endpoint(nil)
-		for _, ep := range cluster {
-			if len(ep.ZoneHints) == 0 {
-				hinted = false
-			}
-			if slices.Contains(ep.ZoneHints, zone) {
-				inZone = append(inZone, ep)
-			}
-		}
-		if hinted && len(inZone) > 0 {
-			cluster = inZone
-		}
+	if len(cluster) > 0 && cluster[0].Ready {
+		cluster = b.topologyHints(cluster)
 	}
 	var mine []Endpoint
 	for _, ep := range all {
@@ -797,6 +785,40 @@ func (b *builder) categorize(svc Service, p ServicePort, f Family) (cluster, loc
 		}
 	}
 	return cluster, choose(mine)
+}
+
+// topologyHints narrows a port's Ready endpoints to those hinted for this
+// node (trafficDistribution: PreferSameNode) when every one of them carries
+// node hints and some name this node; failing that, to those hinted for
+// this node's zone (PreferSameZone, PreferClose, topology-aware hints) when
+// every one carries zone hints and some name the zone; otherwise it keeps
+// them all, as kube-proxy does. Hints of terminating endpoints are never
+// looked at: without Ready endpoints the cluster-wide ones are all the
+// Serving+Terminating ones.
+func (b *builder) topologyHints(ready []Endpoint) []Endpoint {
+	narrow := func(hints func(Endpoint) []string, want string) []Endpoint {
+		if want == "" {
+			return nil
+		}
+		var out []Endpoint
+		for _, ep := range ready {
+			h := hints(ep)
+			if len(h) == 0 {
+				return nil
+			}
+			if slices.Contains(h, want) {
+				out = append(out, ep)
+			}
+		}
+		return out
+	}
+	if out := narrow(func(ep Endpoint) []string { return ep.NodeHints }, b.facts.Node.Name); len(out) > 0 {
+		return out
+	}
+	if out := narrow(func(ep Endpoint) []string { return ep.ZoneHints }, b.facts.Node.Zone); len(out) > 0 {
+		return out
+	}
+	return ready
 }
 
 func addrsOf(as []netip.Addr, f Family) []netip.Addr {

@@ -229,7 +229,7 @@ func TestFromObjects(t *testing.T) {
 			discoveryv1.Endpoint{Addresses: []string{"10.0.1.1"}, NodeName: ptr.To(nodeA)}, // nil ready = ready
 			discoveryv1.Endpoint{Addresses: []string{"10.0.2.1"}, NodeName: ptr.To(nodeB), Conditions: discoveryv1.EndpointConditions{
 				Ready: ptr.To(false), Serving: ptr.To(true), Terminating: ptr.To(true)},
-				Hints: &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "z1"}}}},
+				Hints: &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "z1"}}, ForNodes: []discoveryv1.ForNode{{Name: nodeB}}}},
 		),
 		slice("web-2", "web", discoveryv1.Endpoint{Addresses: []string{"10.0.1.1"}, NodeName: ptr.To(nodeA)}), // duplicate
 		slice("headless-1", "headless", discoveryv1.Endpoint{Addresses: []string{"10.0.3.1"}}),
@@ -257,7 +257,7 @@ func TestFromObjects(t *testing.T) {
 		}},
 		Endpoints: map[ServiceKey][]Endpoint{{"ns", "web"}: {
 			{Addr: a("10.0.1.1"), Ports: ports, NodeName: nodeA, Ready: true, Serving: true},
-			{Addr: a("10.0.2.1"), Ports: ports, NodeName: nodeB, Serving: true, Terminating: true, ZoneHints: []string{"z1"}},
+			{Addr: a("10.0.2.1"), Ports: ports, NodeName: nodeB, Serving: true, Terminating: true, ZoneHints: []string{"z1"}, NodeHints: []string{nodeB}},
 		}},
 	}
 	if diff := cmp.Diff(want, got, modelCmp); diff != "" {

@@ -62,6 +62,7 @@ type Endpoint struct {
 	Serving     bool
 	Terminating bool
 	ZoneHints   []string
+	NodeHints   []string
 }
 
 // Node holds the facts about the node the rules are built for.
@@ -156,6 +157,7 @@ func InputFromObjects(svc *hub.Service, slices []*hub.EndpointSlice) (ServiceInp
 				Serving:     e.Serving,
 				Terminating: e.Terminating,
 				ZoneHints:   e.ZoneHints(),
+				NodeHints:   e.NodeHints(),
 			})
 		}
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -261,20 +262,60 @@ func TestTraceNodePortDualStack(t *testing.T) {
 	}
 }
 
+// Topology hints narrow a Service's Ready endpoints as kube-proxy narrows them: node hints
+// (trafficDistribution: PreferSameNode) when every endpoint has some and one names this node,
+// else zone hints (PreferSameZone, PreferClose) when every endpoint has some and one names this
+// node's zone, else none. web's endpoints are 10.0.1.1, 10.0.2.1 and 10.0.3.1.
 func TestTraceTopologyHints(t *testing.T) {
-	st := traceState()
-	st.Node.Zone = "z1"
-	eps := st.Endpoints[ServiceKey{"ns", "web"}]
-	eps[0].ZoneHints = []string{"z1"}
-	eps[1].ZoneHints = []string{"z2"}
-	eps[2].ZoneHints = []string{"z1"}
-	got := pathStrings(Trace(Build(st), nil, tcp("10.0.1.50", "172.30.0.10", 80)))
-	if diff := cmp.Diff([]string{"dnat 10.0.1.1:8080", "dnat 10.0.3.1:8080"}, got); diff != "" {
-		t.Errorf("(-want +got):\n%s", diff)
-	}
-	eps[2].ZoneHints = nil // not every endpoint hinted: hints ignored
-	if got := Trace(Build(st), nil, tcp("10.0.1.50", "172.30.0.10", 80)); len(got) != 3 {
-		t.Errorf("got %v, want all 3 endpoints", pathStrings(got))
+	all := []string{"dnat 10.0.1.1:8080", "dnat 10.0.2.1:8080", "dnat 10.0.3.1:8080"}
+	for _, tc := range []struct {
+		name       string
+		zone       string     // this node's
+		zones      [][]string // hints.forZones of each endpoint
+		nodes      [][]string // hints.forNodes of each endpoint
+		terminated bool       // every endpoint Serving and Terminating, none Ready
+		want       []string
+	}{
+		{name: "zone hints", zone: "z1", zones: [][]string{{"z1"}, {"z2"}, {"z1"}},
+			want: []string{"dnat 10.0.1.1:8080", "dnat 10.0.3.1:8080"}},
+		{name: "an endpoint without a zone hint", zone: "z1", zones: [][]string{{"z1"}, {"z2"}, nil}, want: all},
+		{name: "no hint for this zone", zone: "z3", zones: [][]string{{"z1"}, {"z2"}, {"z1"}}, want: all},
+		{name: "a node without a zone", zones: [][]string{{"z1"}, {"z2"}, {"z1"}}, want: all},
+		{name: "node hints before zone hints", zone: "z1",
+			zones: [][]string{{"z1"}, {"z1"}, {"z1"}}, nodes: [][]string{{nodeB}, {nodeA}, {"node-c"}},
+			want: []string{"dnat 10.0.2.1:8080"}},
+		{name: "node hints without a zone", nodes: [][]string{{nodeA}, {nodeA}, {"node-c"}},
+			want: []string{"dnat 10.0.1.1:8080", "dnat 10.0.2.1:8080"}},
+		{name: "no node hint for this node: zone hints", zone: "z2",
+			zones: [][]string{{"z1"}, {"z2"}, {"z1"}}, nodes: [][]string{{nodeB}, {nodeB}, {"node-c"}},
+			want: []string{"dnat 10.0.2.1:8080"}},
+		{name: "an endpoint without a node hint: zone hints", zone: "z1",
+			zones: [][]string{{"z1"}, {"z2"}, {"z1"}}, nodes: [][]string{{nodeA}, {nodeB}, nil},
+			want: []string{"dnat 10.0.1.1:8080", "dnat 10.0.3.1:8080"}},
+		{name: "terminating endpoints: hints ignored", zone: "z1", terminated: true,
+			zones: [][]string{{"z1"}, {"z2"}, {"z2"}}, nodes: [][]string{{nodeB}, {nodeA}, {nodeB}}, want: all},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := traceState()
+			st.Node.Zone = tc.zone
+			eps := slices.Clone(st.Endpoints[ServiceKey{"ns", "web"}])
+			for i := range eps {
+				if tc.zones != nil {
+					eps[i].ZoneHints = tc.zones[i]
+				}
+				if tc.nodes != nil {
+					eps[i].NodeHints = tc.nodes[i]
+				}
+				if tc.terminated {
+					eps[i].Ready, eps[i].Serving, eps[i].Terminating = false, true, true
+				}
+			}
+			st.Endpoints[ServiceKey{"ns", "web"}] = eps
+			got := pathStrings(Trace(Build(st), nil, tcp("10.0.1.50", "172.30.0.10", 80)))
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
