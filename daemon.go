@@ -309,6 +309,33 @@ func (d *daemon) healthHandler() http.Handler {
 	return mux
 }
 
+// listenRetry is how often serveUntilDone tries again to listen on an address that is taken.
+const listenRetry = 5 * time.Second
+
+// serveUntilDone serves h on addr until ctx ends, like serveHTTP, but a port it cannot listen on
+// stops nothing else: it says so and tries again every retry (listenRetry). kube-proxy's health port is
+// still taken while kube-proxy runs on a node being moved to nodenet, and pods must get their
+// network all the same.
+func (d *daemon) serveUntilDone(ctx context.Context, what, addr string, h http.Handler, retry time.Duration) {
+	warned := ""
+	for {
+		err := d.serveHTTP(ctx, addr, h)
+		if ctx.Err() != nil {
+			return
+		}
+		log := d.log.Debug // the same failure again: said already
+		if msg := fmt.Sprint(err); msg != warned {
+			log, warned = d.log.Warn, msg
+		}
+		log("cannot serve "+what+"; trying again", zap.String("address", addr), zap.Duration("every", retry), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retry):
+		}
+	}
+}
+
 // serveHTTP serves h on addr until ctx ends.
 func (d *daemon) serveHTTP(ctx context.Context, addr string, h http.Handler) error {
 	l, err := net.Listen("tcp", addr)

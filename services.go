@@ -12,12 +12,17 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nodenet/nodenet/config"
 	"github.com/nodenet/nodenet/hub"
 	"github.com/nodenet/nodenet/proxy"
 	"github.com/nodenet/nodenet/proxy/conntrack"
 	"github.com/nodenet/nodenet/proxy/healthcheck"
 	"github.com/nodenet/nodenet/proxy/runner"
 )
+
+// proxyHealthTimeout is how long a Service change may wait to be programmed before /healthz
+// answers 503: kube-proxy's default, twice its 30 s sync period.
+const proxyHealthTimeout = time.Minute
 
 // driftInterval is how often the Service rules are compared with the kernel, so that a chain or
 // element another program removed comes back without a restart.
@@ -53,9 +58,18 @@ func (d *daemon) startProxy(ctx context.Context, bg *errgroup.Group, h *hub.Hub,
 		return nil, fmt.Errorf("open conntrack: %w", err)
 	}
 	health := healthcheck.New(d.log, nodePortAddrs, healthcheck.WithRegisterer(reg))
+	var proxyHealth runner.ProxyHealth
+	if addr := d.cfg.Proxy.HealthzAddress; addr != config.NoHealthz {
+		ph := healthcheck.NewProxyHealth(proxyHealthTimeout, reg)
+		bg.Go(func() error {
+			d.serveUntilDone(ctx, "kube-proxy-compatible /healthz", addr, ph.Handler(), listenRetry)
+			return nil
+		})
+		proxyHealth = ph
+	}
 	syncer := proxy.NewSyncer(proxy.NewApplier(nodeNS), proxy.Facts{Node: proxy.Node{Name: d.cfg.NodeName}}, d.log)
 	bg.Go(func() error {
-		return runner.Run(ctx, runner.Config{Hub: h, Syncer: syncer, Health: health, Conntrack: ct, Facts: facts,
+		return runner.Run(ctx, runner.Config{Hub: h, Syncer: syncer, Health: health, ProxyHealth: proxyHealth, Conntrack: ct, Facts: facts,
 			DriftInterval: driftInterval, Programmed: programmed, Registerer: reg, Log: d.log})
 	})
 	return func() {

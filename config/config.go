@@ -74,7 +74,13 @@ type Proxy struct {
 	Enabled           *bool          `json:"enabled"`
 	NodePortAddresses []netip.Prefix `json:"nodePortAddresses"`
 	MasqueradeAll     bool           `json:"masqueradeAll"`
+	// HealthzAddress serves kube-proxy's /healthz and /livez, which cloud load balancers probe
+	// (kube-proxy's healthzBindAddress); "none" serves nothing.
+	HealthzAddress string `json:"healthzAddress"`
 }
+
+// NoHealthz is the proxy.healthzAddress that serves nothing.
+const NoHealthz = "none"
 
 // DNS configures the node-local DNS server.
 type DNS struct {

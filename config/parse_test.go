@@ -71,6 +71,7 @@ func defaults() config.Config {
 		RunDir:        "/run/nodenet",
 		CNI:           config.CNI{BinDir: "/opt/cni/bin", ConfDir: "/etc/cni/net.d", Bridge: "nodenet0"},
 		Routing:       config.Routing{Mode: "auto"},
+		Proxy:         config.Proxy{HealthzAddress: ":10256"},
 		DNS:           config.DNS{Listen: addrs("169.254.20.10"), CacheSize: 10000, TTL: ptr(5), ResolvConf: "/etc/resolv.conf"},
 		Metrics:       config.Endpoint{Address: "127.0.0.1:9310"},
 		Health:        config.Endpoint{Address: ":9311"},
@@ -93,7 +94,7 @@ func TestParseValid(t *testing.T) {
 				// Keys written as [] stay empty lists and the booleans are set explicitly, where
 				// an empty document leaves them nil.
 				c.PodCIDRs = []netip.Prefix{}
-				c.Proxy = config.Proxy{Enabled: ptr(true), NodePortAddresses: []netip.Prefix{}}
+				c.Proxy = config.Proxy{Enabled: ptr(true), NodePortAddresses: []netip.Prefix{}, HealthzAddress: ":10256"}
 				c.DNS.Enabled = ptr(true)
 				c.DNS.Upstreams = []string{}
 				return c
@@ -128,7 +129,7 @@ stateDir: /var/lib/nodenet-b
 runDir: /run/nodenet-b
 cni: {binDir: /opt/cni/bin-b, confDir: /etc/cni/net.d-b, bridge: nodenet-b012345, mtu: 1400}
 routing: {mode: vxlan}
-proxy: {enabled: false, nodePortAddresses: [198.18.0.0/24], masqueradeAll: true}
+proxy: {enabled: false, nodePortAddresses: [198.18.0.0/24], masqueradeAll: true, healthzAddress: none}
 dns: {enabled: false, listen: [169.254.20.11, "fd00::a"], upstreams: [192.0.2.53, "[2001:db8::53]:5353"], cacheSize: 5, ttl: 0, resolvConf: /run/systemd/resolve/resolv.conf}
 metrics: {address: "[::1]:19310"}
 health: {address: "localhost:19311"}
@@ -149,7 +150,7 @@ logging: {level: debug, format: console}
 					RunDir:        "/run/nodenet-b",
 					CNI:           config.CNI{BinDir: "/opt/cni/bin-b", ConfDir: "/etc/cni/net.d-b", Bridge: "nodenet-b012345", MTU: 1400},
 					Routing:       config.Routing{Mode: "vxlan"},
-					Proxy:         config.Proxy{Enabled: ptr(false), NodePortAddresses: prefixes("198.18.0.0/24"), MasqueradeAll: true},
+					Proxy:         config.Proxy{Enabled: ptr(false), NodePortAddresses: prefixes("198.18.0.0/24"), MasqueradeAll: true, HealthzAddress: config.NoHealthz},
 					DNS: config.DNS{
 						Enabled:    ptr(false),
 						Listen:     addrs("169.254.20.11", "fd00::a"),
@@ -530,6 +531,11 @@ func TestParseErrors(t *testing.T) {
 			name: "health port not a number",
 			doc:  `health: {address: ":http"}`,
 			want: `config: health.address: ":http" is not allowed (want host:port, e.g. 127.0.0.1:9310 or :9311)`,
+		},
+		{
+			name: "proxy healthz address without a port",
+			doc:  `proxy: {healthzAddress: "0.0.0.0"}`,
+			want: `config: proxy.healthzAddress: "0.0.0.0" is not allowed (want host:port, e.g. :10256, or none)`,
 		},
 		{
 			name: "kubeconfig none with proxy enabled",

@@ -59,6 +59,7 @@ func (c *Config) Default() error {
 	setString(&c.DNS.ResolvConf, "/etc/resolv.conf")
 	setString(&c.Metrics.Address, "127.0.0.1:9310")
 	setString(&c.Health.Address, ":9311")
+	setString(&c.Proxy.HealthzAddress, ":10256")
 	setString(&c.Logging.Level, "info")
 	setString(&c.Logging.Format, "json")
 	return nil
@@ -263,11 +264,19 @@ func upstreamAddr(s string) (netip.AddrPort, error) {
 }
 
 func (c *Config) validateEndpoints() error {
-	for _, e := range []struct{ key, value string }{{"metrics.address", c.Metrics.Address}, {"health.address", c.Health.Address}} {
+	type endpoint struct{ key, value, want string }
+	endpoints := []endpoint{
+		{"metrics.address", c.Metrics.Address, "host:port, e.g. 127.0.0.1:9310 or :9311"},
+		{"health.address", c.Health.Address, "host:port, e.g. 127.0.0.1:9310 or :9311"},
+	}
+	if c.Proxy.HealthzAddress != NoHealthz {
+		endpoints = append(endpoints, endpoint{"proxy.healthzAddress", c.Proxy.HealthzAddress, "host:port, e.g. :10256, or none"})
+	}
+	for _, e := range endpoints {
 		host, port, err := net.SplitHostPort(e.value)
 		n, perr := strconv.Atoi(port)
 		if err != nil || perr != nil || n < 0 || n > 65535 {
-			return fmt.Errorf("%s: %q is not allowed (want host:port, e.g. 127.0.0.1:9310 or :9311)", e.key, e.value)
+			return fmt.Errorf("%s: %q is not allowed (want %s)", e.key, e.value, e.want)
 		}
 		if host != "" {
 			if _, err := netip.ParseAddr(host); err != nil && host != "localhost" {

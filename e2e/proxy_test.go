@@ -51,6 +51,7 @@ func TestServices(t *testing.T) {
 	t.Run("externalTrafficPolicy Local", s.testExternalLocal)
 	t.Run("internalTrafficPolicy Local", s.testInternalLocal)
 	t.Run("trafficDistribution PreferSameNode", s.testPreferSameNode)
+	t.Run("kube-proxy's /healthz for load balancers", s.testProxyHealthz)
 	t.Run("no endpoints rejects at once", s.testNoEndpoints)
 	t.Run("terminating-only backend serves", s.testTerminating)
 	t.Run("UDP backend swap with a fixed client port", s.testUDPSwap)
@@ -628,6 +629,73 @@ func (s *serviceLab) testPreferSameNode(t *testing.T) {
 			t.Errorf("%s → near reached %v, want exactly its node's endpoints %v", client, got, want)
 		}
 	}
+}
+
+// testProxyHealthz: each node answers kube-proxy's /healthz and /livez on port 10256, as cloud
+// load balancers probe it for externalTrafficPolicy: Cluster Services; /healthz turns 503 with
+// nodeEligible false while the cluster autoscaler's taint is on the Node, and back to 200 when it
+// goes, /livez staying 200.
+func (s *serviceLab) testProxyHealthz(t *testing.T) {
+	ctx := t.Context()
+	type answer struct {
+		code int
+		body map[string]any
+	}
+	get := func(n *lab.Node, path string) (answer, error) {
+		code, hdr, body, err := s.outside.HTTPGet(ctx, "http://"+net.JoinHostPort(n.Address, "10256")+path)
+		if err != nil {
+			return answer{}, err
+		}
+		if ct := hdr.Get("Content-Type"); ct != "application/json" {
+			return answer{}, fmt.Errorf("%s: Content-Type %q", path, ct)
+		}
+		a := answer{code: code}
+		if err := json.Unmarshal([]byte(body), &a.body); err != nil {
+			return answer{}, fmt.Errorf("%s: body %q: %w", path, body, err)
+		}
+		return a, nil
+	}
+	expect := func(n *lab.Node, healthz, livez int, eligible bool) {
+		t.Helper()
+		var hz, lz answer
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if hz, err = get(n, "/healthz"); err == nil {
+				lz, err = get(n, "/livez")
+			}
+			if err == nil && hz.code == healthz && lz.code == livez && hz.body["nodeEligible"] == eligible {
+				return
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+		}
+		t.Fatalf("%s: /healthz %d %v, /livez %d %v (%v); want %d with nodeEligible %v, %d", n.Name, hz.code, hz.body, lz.code, lz.body, err, healthz, eligible, livez)
+	}
+	expect(s.n1, 200, 200, true)
+	expect(s.n2, 200, 200, true)
+
+	setTaint := func(on bool) {
+		t.Helper()
+		nodes := s.c.cp.Client.CoreV1().Nodes()
+		n, err := nodes.Get(ctx, s.n1.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Spec.Taints = slices.DeleteFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == "ToBeDeletedByClusterAutoscaler" })
+		if on {
+			n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "ToBeDeletedByClusterAutoscaler", Value: "1764331200", Effect: corev1.TaintEffectNoSchedule})
+		}
+		if _, err := nodes.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Left on if the test fails half way: it only turns this health answer and scheduling.
+	setTaint(true)
+	expect(s.n1, 503, 200, false)
+	expect(s.n2, 200, 200, true)
+	setTaint(false)
+	expect(s.n1, 200, 200, true)
 }
 
 // testNoEndpoints: a Service without endpoints refuses at once, on its ClusterIP and its

@@ -29,7 +29,13 @@ type Node struct {
 	PodCIDRs    []netip.Prefix
 	VTEPMAC     net.HardwareAddr
 	Zone        string // topology.kubernetes.io/zone, for topology-aware routing of Services
+	// Leaving: the Node is being deleted, or the cluster autoscaler has tainted it
+	// ToBeDeletedByClusterAutoscaler; load balancers should stop sending it traffic.
+	Leaving bool
 }
+
+// toBeDeletedTaint is the taint the cluster autoscaler puts on a Node it is about to remove.
+const toBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
 
 // API lists and watches the objects the hub caches (kubeapi.Client).
 type API interface {
@@ -186,7 +192,10 @@ func (h *Hub) Nodes() ([]Node, error) {
 }
 
 func toNode(o *corev1.Node) Node {
-	n := Node{Name: o.Name, Zone: o.Labels[corev1.LabelTopologyZone]}
+	n := Node{Name: o.Name, Zone: o.Labels[corev1.LabelTopologyZone], Leaving: o.DeletionTimestamp != nil}
+	for _, t := range o.Spec.Taints {
+		n.Leaving = n.Leaving || t.Key == toBeDeletedTaint
+	}
 	for _, a := range o.Status.Addresses {
 		if a.Type != corev1.NodeInternalIP {
 			continue
@@ -211,7 +220,7 @@ func toNode(o *corev1.Node) Node {
 }
 
 func nodeEqual(a, b Node) bool {
-	return a.Name == b.Name && a.Zone == b.Zone && slices.Equal(a.InternalIPs, b.InternalIPs) &&
+	return a.Name == b.Name && a.Zone == b.Zone && a.Leaving == b.Leaving && slices.Equal(a.InternalIPs, b.InternalIPs) &&
 		slices.Equal(a.PodCIDRs, b.PodCIDRs) && a.VTEPMAC.String() == b.VTEPMAC.String()
 }
 

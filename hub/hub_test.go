@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/ptr"
 
 	"github.com/nodenet/nodenet/internal/kubetest"
 )
@@ -73,10 +74,16 @@ func waitPoke(t *testing.T, ch <-chan struct{}) {
 // TestNodes: the snapshot carries what routing needs, sorted, and malformed fields are dropped
 // rather than crashing the daemon.
 func TestNodes(t *testing.T) {
+	tainted := node("node4", "", "", "")
+	tainted.Spec.Taints = []corev1.Taint{{Key: "ToBeDeletedByClusterAutoscaler", Effect: corev1.TaintEffectNoSchedule}}
+	deleting := node("node5", "", "", "")
+	deleting.DeletionTimestamp = ptr.To(metav1.Now())
+	deleting.Finalizers = []string{"example.com/hold"}
 	client := fake.NewClientset(
 		node("node2", "198.18.0.12", "10.244.2.0/24", "0a:58:c6:12:00:0c"),
 		node("node1", "198.18.0.11", "10.244.1.0/24", "not-a-mac"),
 		node("node3", "", "", ""),
+		tainted, deleting,
 	)
 	h, _ := startHub(t, client)
 	got, err := h.Nodes()
@@ -88,6 +95,8 @@ func TestNodes(t *testing.T) {
 		{Name: "node2", InternalIPs: []netip.Addr{netip.MustParseAddr("198.18.0.12")}, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")},
 			VTEPMAC: []byte{0x0a, 0x58, 0xc6, 0x12, 0x00, 0x0c}},
 		{Name: "node3"},
+		{Name: "node4", Leaving: true},
+		{Name: "node5", Leaving: true},
 	}
 	opts := cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
 	if diff := cmp.Diff(want, got, opts, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {

@@ -7,6 +7,7 @@ package runner
 import (
 	"context"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,12 +31,21 @@ type ConntrackCleaner interface {
 	Clean(proxy.State) (int, error)
 }
 
-// Config is what the runner works with. Health and Conntrack may be nil.
+// ProxyHealth follows whether changes get programmed in time and whether the node is leaving
+// the cluster, for kube-proxy's /healthz (healthcheck.ProxyHealth).
+type ProxyHealth interface {
+	Queued()
+	Updated()
+	SetLeaving(bool)
+}
+
+// Config is what the runner works with. Health, ProxyHealth and Conntrack may be nil.
 type Config struct {
-	Hub       *hub.Hub
-	Syncer    *proxy.Syncer
-	Health    HealthServer
-	Conntrack ConntrackCleaner
+	Hub         *hub.Hub
+	Syncer      *proxy.Syncer
+	Health      HealthServer
+	ProxyHealth ProxyHealth
+	Conntrack   ConntrackCleaner
 	// Facts is asked for the node facts before the first sync (once the
 	// Node cache is filled, or nodeWait passed), at every drift check and
 	// when a Node changes: node addresses and zone may change.
@@ -108,11 +118,19 @@ func Run(ctx context.Context, cfg Config) error {
 	var retry <-chan time.Time
 	backoff := minBackoff
 	checks := 0
+	if r.ProxyHealth != nil {
+		// Healthy from the start, as kube-proxy: the rules of the last run are still in the
+		// kernel. A change not programmed within the timeout turns it unhealthy.
+		r.ProxyHealth.Updated()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-r.changes.C():
+			if r.ProxyHealth != nil {
+				r.ProxyHealth.Queued()
+			}
 		case <-retry:
 		case <-drift.C:
 			if r.synced {
@@ -122,6 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			continue
 		case <-nodes:
+			r.refreshLeaving()
 			// The node's zone comes from its Node; a change of facts makes the next sync full.
 			if !r.synced {
 				continue
@@ -134,6 +153,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if !r.synced {
 			r.awaitNodes(ctx, nodes)
 			r.refreshFacts()
+			r.refreshLeaving()
 		}
 		if err := r.sync(); err != nil {
 			r.m.failures.Inc()
@@ -148,6 +168,9 @@ func Run(ctx context.Context, cfg Config) error {
 		retry, backoff = nil, minBackoff
 		if r.Health != nil {
 			r.Health.SetProxyHealthy(true)
+		}
+		if r.ProxyHealth != nil {
+			r.ProxyHealth.Updated()
 		}
 	}
 }
@@ -171,6 +194,20 @@ func (r *runner) awaitNodes(ctx context.Context, nodes <-chan struct{}) {
 			return
 		}
 	}
+}
+
+// refreshLeaving tells ProxyHealth whether this node's Node is leaving the cluster.
+func (r *runner) refreshLeaving() {
+	if r.ProxyHealth == nil {
+		return
+	}
+	nodes, err := r.Hub.Nodes()
+	if err != nil {
+		return
+	}
+	name := r.Syncer.Facts().Node.Name
+	i := slices.IndexFunc(nodes, func(n hub.Node) bool { return n.Name == name })
+	r.ProxyHealth.SetLeaving(i >= 0 && nodes[i].Leaving)
 }
 
 func (r *runner) refreshFacts() {

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"runtime/debug"
 	"slices"
@@ -303,4 +304,79 @@ func TestRunnerFollowsTheNodesZone(t *testing.T) {
 		z := seen()
 		return z[len(z)-1] == "zone-2" && counter(t, reg, "nodenet_proxy_sync_duration_seconds", "full") > full
 	})
+}
+
+type fakeProxyHealth struct {
+	mu              sync.Mutex
+	queued, updated int
+	leaving         bool
+}
+
+func (f *fakeProxyHealth) Queued()           { f.mu.Lock(); f.queued++; f.mu.Unlock() }
+func (f *fakeProxyHealth) Updated()          { f.mu.Lock(); f.updated++; f.mu.Unlock() }
+func (f *fakeProxyHealth) SetLeaving(l bool) { f.mu.Lock(); f.leaving = l; f.mu.Unlock() }
+
+func (f *fakeProxyHealth) read() (queued, updated int, leaving bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.queued, f.updated, f.leaving
+}
+
+// kube-proxy's /healthz follows the runner: healthy from the start, every change taken is
+// queued and every successful sync clears the queue, and the node's own Node says whether it is
+// leaving (the cluster autoscaler's taint).
+func TestRunnerFeedsProxyHealth(t *testing.T) {
+	nstest.RequireRoot(t)
+	node := nstest.NewNS(t)
+	self := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, ResourceVersion: "1"}}
+	client := fake.NewClientset(self, service("dns", "10.96.0.10", false), slice("dns", "dns-1", time.Now(), "10.244.0.5"))
+	h, err := hub.New(kubetest.API{Clientset: client}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncer := proxy.NewSyncer(proxy.NewApplier(int(node.Fd())), proxy.Facts{Node: proxy.Node{Name: nodeName}}, zaptest.NewLogger(t))
+	reg := prometheus.NewRegistry()
+	ph := &fakeProxyHealth{}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = h.Run(ctx) })
+	wg.Go(func() {
+		_ = Run(ctx, Config{Hub: h, Syncer: syncer, ProxyHealth: ph, DriftInterval: time.Hour, Registerer: reg,
+			Facts: func() (proxy.Facts, error) { return proxy.Facts{Node: proxy.Node{Name: nodeName}}, nil }, Log: zaptest.NewLogger(t)})
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	eventually(t, "first full sync", func() bool {
+		return counter(t, reg, "nodenet_proxy_sync_objects_total", "full") > 0
+	})
+	eventually(t, "the first sync cleared the queue", func() bool {
+		q, u, _ := ph.read()
+		return q >= 1 && u >= 2 // once at the start, once after the sync
+	})
+	q0, u0, _ := ph.read()
+	sl := slice("dns", "dns-1", time.Now(), "10.244.0.6")
+	sl.ResourceVersion = "2"
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a change queued, then programmed", func() bool {
+		q, u, _ := ph.read()
+		return q > q0 && u > u0
+	})
+
+	for i, leaving := range []bool{true, false} {
+		self = self.DeepCopy()
+		self.Spec.Taints = nil
+		if leaving {
+			self.Spec.Taints = []corev1.Taint{{Key: "ToBeDeletedByClusterAutoscaler", Effect: corev1.TaintEffectNoSchedule}}
+		}
+		self.ResourceVersion = fmt.Sprint(3 + i)
+		if _, err := client.CoreV1().Nodes().Update(ctx, self, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, fmt.Sprintf("leaving: %v", leaving), func() bool {
+			_, _, l := ph.read()
+			return l == leaving
+		})
+	}
 }
