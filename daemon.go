@@ -319,12 +319,19 @@ const listenRetry = 5 * time.Second
 func (d *daemon) serveUntilDone(ctx context.Context, what, addr string, h http.Handler, retry time.Duration) {
 	warned := ""
 	for {
-		err := d.serveHTTP(ctx, addr, h)
+		l, err := net.Listen("tcp", addr)
+		if err == nil {
+			if warned != "" {
+				d.log.Info("serving "+what+" now", zap.String("address", addr))
+			}
+			warned = ""
+			err = d.serveListener(ctx, l, h)
+		}
 		if ctx.Err() != nil {
 			return
 		}
 		log := d.log.Debug // the same failure again: said already
-		if msg := fmt.Sprint(err); msg != warned {
+		if msg := err.Error(); msg != warned {
 			log, warned = d.log.Warn, msg
 		}
 		log("cannot serve "+what+"; trying again", zap.String("address", addr), zap.Duration("every", retry), zap.Error(err))
@@ -342,6 +349,12 @@ func (d *daemon) serveHTTP(ctx context.Context, addr string, h http.Handler) err
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
+	return d.serveListener(ctx, l, h)
+}
+
+// serveListener serves h on l until ctx ends.
+func (d *daemon) serveListener(ctx context.Context, l net.Listener, h http.Handler) error {
+	addr := l.Addr().String()
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	shutDown := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
@@ -352,7 +365,7 @@ func (d *daemon) serveHTTP(ctx context.Context, addr string, h http.Handler) err
 			d.log.Warn("shut down HTTP server", zap.String("address", addr), zap.Error(err))
 		}
 	})
-	err = srv.Serve(l)
+	err := srv.Serve(l)
 	if !errors.Is(err, http.ErrServerClosed) {
 		stop()
 		return fmt.Errorf("serve %s: %w", addr, err)

@@ -51,6 +51,9 @@ func TestServeUntilDone(t *testing.T) {
 	if string(body) != "served" {
 		t.Errorf("after the port was freed: %q, want served", body)
 	}
+	if logs.FilterMessage("serving a test page now").Len() != 1 {
+		t.Error("nothing said the page is served once the port was free")
+	}
 	cancel()
 	select {
 	case <-done:

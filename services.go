@@ -44,12 +44,8 @@ func (d *daemon) startProxy(ctx context.Context, bg *errgroup.Group, h *hub.Hub,
 			return f, err
 		}
 		f.Node.Addresses = addrs
-		nodes, err := h.Nodes()
-		if err != nil {
-			return f, err
-		}
-		if i := slices.IndexFunc(nodes, func(n hub.Node) bool { return n.Name == d.cfg.NodeName }); i >= 0 {
-			f.Node.Zone = nodes[i].Zone
+		if n, ok := h.Node(d.cfg.NodeName); ok {
+			f.Node.Zone = n.Zone
 		}
 		return f, nil
 	}

@@ -675,7 +675,7 @@ func (s *serviceLab) testProxyHealthz(t *testing.T) {
 	expect(s.n1, 200, 200, true)
 	expect(s.n2, 200, 200, true)
 
-	setTaint := func(on bool) {
+	setTaint := func(ctx context.Context, on bool) {
 		t.Helper()
 		nodes := s.c.cp.Client.CoreV1().Nodes()
 		n, err := nodes.Get(ctx, s.n1.Name, metav1.GetOptions{})
@@ -690,11 +690,17 @@ func (s *serviceLab) testProxyHealthz(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Left on if the test fails half way: it only turns this health answer and scheduling.
-	setTaint(true)
+	setTaint(ctx, true)
+	tainted := true
+	t.Cleanup(func() { // t's context has ended by then
+		if tainted {
+			setTaint(context.Background(), false)
+		}
+	})
 	expect(s.n1, 503, 200, false)
 	expect(s.n2, 200, 200, true)
-	setTaint(false)
+	setTaint(ctx, false)
+	tainted = false
 	expect(s.n1, 200, 200, true)
 }
 

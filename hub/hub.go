@@ -170,6 +170,19 @@ func (h *Hub) WaitForSync(ctx context.Context) error {
 	}
 }
 
+// Node returns the Node called name; ok is false while the cache does not hold it.
+func (h *Hub) Node(name string) (n Node, ok bool) {
+	obj, exists, err := h.nodes.GetByKey(name)
+	if err != nil || !exists {
+		return Node{}, false
+	}
+	o, isNode := obj.(*corev1.Node)
+	if !isNode {
+		return Node{}, false
+	}
+	return toNode(o), true
+}
+
 // Nodes returns every Node, sorted by name.
 func (h *Hub) Nodes() ([]Node, error) {
 	objs := h.nodes.List()

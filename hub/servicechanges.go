@@ -16,6 +16,7 @@ type ServiceChanges struct {
 
 	mu      sync.Mutex
 	pending map[ServiceKey]time.Time
+	since   time.Time // when the first key of pending was marked; zero while none is
 }
 
 // NewServiceChanges returns a tracker the hub does not feed, for a component that passes Service
@@ -38,15 +39,23 @@ func (c *ServiceChanges) Take() map[ServiceKey]time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.pending
-	c.pending = nil
+	c.pending, c.since = nil, time.Time{}
 	return p
+}
+
+// PendingSince returns when the oldest key not yet taken was marked; zero when none waits. A
+// subscriber that stops taking keys shows here: kube-proxy's /healthz fails on it.
+func (c *ServiceChanges) PendingSince() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.since
 }
 
 func (c *ServiceChanges) mark(key ServiceKey, t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.pending == nil {
-		c.pending = map[ServiceKey]time.Time{}
+		c.pending, c.since = map[ServiceKey]time.Time{}, time.Now()
 	}
 	prev, ok := c.pending[key]
 	if !ok || prev.IsZero() || (!t.IsZero() && t.Before(prev)) {

@@ -340,3 +340,27 @@ func TestStandaloneServiceChanges(t *testing.T) {
 		t.Error("a second Take returned keys again")
 	}
 }
+
+// PendingSince is when the oldest key not yet taken was marked: later marks keep it, Take clears
+// it.
+func TestServiceChangesPendingSince(t *testing.T) {
+	c := NewServiceChanges()
+	if !c.PendingSince().IsZero() {
+		t.Fatal("a new tracker has keys waiting")
+	}
+	before := time.Now()
+	c.Mark(ServiceKey{Namespace: "ns", Name: "a"})
+	first := c.PendingSince()
+	if first.Before(before) || first.After(time.Now()) {
+		t.Fatalf("PendingSince %v, want the time of the first mark", first)
+	}
+	time.Sleep(time.Millisecond)
+	c.Mark(ServiceKey{Namespace: "ns", Name: "b"})
+	if got := c.PendingSince(); !got.Equal(first) {
+		t.Errorf("a second mark moved PendingSince from %v to %v", first, got)
+	}
+	c.Take()
+	if !c.PendingSince().IsZero() {
+		t.Error("PendingSince set after Take")
+	}
+}

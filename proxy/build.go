@@ -471,8 +471,8 @@ func namesFor(svc Service, p ServicePort, f Family) portNames {
 }
 
 // endpointName is an endpoint as the names of its chain and affinity set end: address/port, an
-// IPv6 address's colons as dots. nft's parser takes neither a colon nor brackets in a name, so a
-// listed ruleset could not be loaded back with nft -f (kube-proxy names them the same way).
+// IPv6 address's colons as dots, as kube-proxy names them. nft's parser takes neither a colon nor
+// brackets in a name, so that nft's CLI can name them (nft list chain …).
 func endpointName(addr netip.Addr, port int32) string {
 	return strings.ReplaceAll(addr.String(), ":", ".") + "/" + strconv.Itoa(int(port))
 }

@@ -269,12 +269,12 @@ func TestTraceNodePortDualStack(t *testing.T) {
 func TestTraceTopologyHints(t *testing.T) {
 	all := []string{"dnat 10.0.1.1:8080", "dnat 10.0.2.1:8080", "dnat 10.0.3.1:8080"}
 	for _, tc := range []struct {
-		name       string
-		zone       string     // this node's
-		zones      [][]string // hints.forZones of each endpoint
-		nodes      [][]string // hints.forNodes of each endpoint
-		terminated bool       // every endpoint Serving and Terminating, none Ready
-		want       []string
+		name        string
+		zone        string     // this node's
+		zones       [][]string // hints.forZones of each endpoint
+		nodes       [][]string // hints.forNodes of each endpoint
+		terminating []bool     // endpoints Serving and Terminating, not Ready
+		want        []string
 	}{
 		{name: "zone hints", zone: "z1", zones: [][]string{{"z1"}, {"z2"}, {"z1"}},
 			want: []string{"dnat 10.0.1.1:8080", "dnat 10.0.3.1:8080"}},
@@ -292,8 +292,11 @@ func TestTraceTopologyHints(t *testing.T) {
 		{name: "an endpoint without a node hint: zone hints", zone: "z1",
 			zones: [][]string{{"z1"}, {"z2"}, {"z1"}}, nodes: [][]string{{nodeA}, {nodeB}, nil},
 			want: []string{"dnat 10.0.1.1:8080", "dnat 10.0.3.1:8080"}},
-		{name: "terminating endpoints: hints ignored", zone: "z1", terminated: true,
+		{name: "terminating endpoints: hints ignored", zone: "z1", terminating: []bool{true, true, true},
 			zones: [][]string{{"z1"}, {"z2"}, {"z2"}}, nodes: [][]string{{nodeB}, {nodeA}, {nodeB}}, want: all},
+		{name: "a terminating endpoint without hints: Ready ones narrowed", zone: "z1", terminating: []bool{false, false, true},
+			zones: [][]string{{"z1"}, {"z2"}, nil}, nodes: [][]string{{nodeA}, {nodeB}, nil},
+			want: []string{"dnat 10.0.1.1:8080"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := traceState()
@@ -306,7 +309,7 @@ func TestTraceTopologyHints(t *testing.T) {
 				if tc.nodes != nil {
 					eps[i].NodeHints = tc.nodes[i]
 				}
-				if tc.terminated {
+				if tc.terminating != nil && tc.terminating[i] {
 					eps[i].Ready, eps[i].Serving, eps[i].Terminating = false, true, true
 				}
 			}

@@ -14,9 +14,11 @@ import (
 // externalTrafficPolicy: Cluster, and take a node out of rotation on anything but 200; with
 // nodenet in kube-proxy's place the port has to answer the same way:
 //
-//   - the proxy is unhealthy once a change it was told of (Queued) has waited longer than the
-//     timeout for a successful sync (Updated). Before its first sync it is healthy: a
-//     restarting daemon leaves the rules in the kernel, so the node keeps serving;
+//   - the proxy is unhealthy once a change has waited longer than the timeout for a successful
+//     sync (Updated): a change the proxy took and is syncing or retrying (Queued), or one it
+//     has not even taken yet (the function given to Watch). Without a waiting change it is
+//     healthy, also before the first sync: a restarting daemon leaves the rules in the kernel,
+//     so the node keeps serving;
 //   - /healthz is also 503 while the Node is leaving the cluster (being deleted, or tainted
 //     ToBeDeletedByClusterAutoscaler), so that load balancers drain it first; /livez is not.
 //
@@ -28,7 +30,8 @@ type ProxyHealth struct {
 
 	mu           sync.Mutex
 	lastUpdated  time.Time
-	pendingSince time.Time // the oldest change not yet programmed; zero: none
+	pendingSince time.Time // the oldest change being synced; zero: none
+	untaken      func() time.Time
 	leaving      bool
 }
 
@@ -45,7 +48,15 @@ func NewProxyHealth(timeout time.Duration, reg prometheus.Registerer) *ProxyHeal
 	return p
 }
 
-// Queued records that a change is waiting to be programmed.
+// Watch gives the function that says since when changes wait to be taken by the proxy's sync
+// loop (hub.ServiceChanges.PendingSince); zero means none.
+func (p *ProxyHealth) Watch(untaken func() time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.untaken = untaken
+}
+
+// Queued records that changes are being synced; the first time since the last Updated counts.
 func (p *ProxyHealth) Queued() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -73,7 +84,13 @@ func (p *ProxyHealth) state() (healthy, eligible bool, lastUpdated, now time.Tim
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now = p.now()
-	healthy = p.lastUpdated.IsZero() || p.pendingSince.IsZero() || now.Sub(p.pendingSince) < p.timeout
+	oldest := p.pendingSince
+	if p.untaken != nil {
+		if t := p.untaken(); !t.IsZero() && (oldest.IsZero() || t.Before(oldest)) {
+			oldest = t
+		}
+	}
+	healthy = oldest.IsZero() || now.Sub(oldest) < p.timeout
 	return healthy, !p.leaving, p.lastUpdated, now
 }
 

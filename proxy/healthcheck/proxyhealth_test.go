@@ -11,9 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// TestProxyHealth walks the proxy's health through a change programmed in time, one left
-// waiting past the timeout, and the node leaving the cluster, reading /healthz and /livez as a
-// load balancer would after each step.
+// TestProxyHealth walks the proxy's health through a first sync retried past the timeout, a
+// change the sync loop does not take, and the node leaving the cluster, reading /healthz and
+// /livez as a load balancer would after each step.
 func TestProxyHealth(t *testing.T) {
 	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	reg := prometheus.NewRegistry()
@@ -68,25 +68,38 @@ func TestProxyHealth(t *testing.T) {
 		}
 	}
 
-	check("before the first sync", 200, 200, true, time.Time{})
+	check("nothing waiting", 200, 200, true, time.Time{})
+	p.Queued() // the first sync, which fails and is retried
+	now = now.Add(59 * time.Second)
+	check("the first sync retried for 59 s", 200, 200, true, time.Time{})
+	p.Queued() // a retry does not restart the clock
+	now = now.Add(time.Second)
+	check("the first sync retried for 60 s", 503, 503, true, time.Time{})
 	p.Updated()
 	synced := now
 	check("synced", 200, 200, true, synced)
-	p.Queued()
+
+	// Changes the sync loop has not taken yet (a loop stuck elsewhere) count from their marking.
+	var untaken time.Time
+	p.Watch(func() time.Time { return untaken })
+	untaken = now
 	now = now.Add(59 * time.Second)
-	check("a change waiting 59 s", 200, 200, true, synced)
-	p.Queued() // a later change does not restart the clock
+	check("a change not taken for 59 s", 200, 200, true, synced)
 	now = now.Add(time.Second)
-	check("a change waiting 60 s", 503, 503, true, synced)
+	check("a change not taken for 60 s", 503, 503, true, synced)
+	untaken = time.Time{}
+	p.Queued()
+	check("the change taken, its sync running", 200, 200, true, synced)
 	p.Updated()
 	check("programmed", 200, 200, true, now)
+
 	p.SetLeaving(true)
 	check("node leaving", 503, 200, false, now)
 	p.SetLeaving(false)
 	check("node staying", 200, 200, true, now)
 
-	if got := testutil.ToFloat64(p.requests.WithLabelValues("/healthz", "503")); got != 2 {
-		t.Errorf("nodenet_proxy_healthz_requests_total{path=/healthz,code=503} = %v, want 2", got)
+	if got := testutil.ToFloat64(p.requests.WithLabelValues("/healthz", "503")); got != 3 {
+		t.Errorf("nodenet_proxy_healthz_requests_total{path=/healthz,code=503} = %v, want 3", got)
 	}
 	if n, err := testutil.GatherAndCount(reg, "nodenet_proxy_healthz_requests_total"); err != nil || n != 4 {
 		t.Errorf("registered series: %d (%v), want 4 (two paths × two codes)", n, err)

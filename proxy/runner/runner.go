@@ -7,7 +7,6 @@ package runner
 import (
 	"context"
 	"runtime/debug"
-	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,6 +33,7 @@ type ConntrackCleaner interface {
 // ProxyHealth follows whether changes get programmed in time and whether the node is leaving
 // the cluster, for kube-proxy's /healthz (healthcheck.ProxyHealth).
 type ProxyHealth interface {
+	Watch(untaken func() time.Time)
 	Queued()
 	Updated()
 	SetLeaving(bool)
@@ -102,6 +102,7 @@ type runner struct {
 	hcPorts     map[proxy.ServiceKey]int32
 	local       map[proxy.ServiceKey]int
 	synced      bool
+	seenSelf    bool // this node's Node has been in the cache
 }
 
 // Run syncs until ctx ends. The first sync waits for the hub's first
@@ -119,18 +120,14 @@ func Run(ctx context.Context, cfg Config) error {
 	backoff := minBackoff
 	checks := 0
 	if r.ProxyHealth != nil {
-		// Healthy from the start, as kube-proxy: the rules of the last run are still in the
-		// kernel. A change not programmed within the timeout turns it unhealthy.
-		r.ProxyHealth.Updated()
+		// Changes the loop has not taken count too: a loop stuck elsewhere fails /healthz.
+		r.ProxyHealth.Watch(r.changes.PendingSince)
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-r.changes.C():
-			if r.ProxyHealth != nil {
-				r.ProxyHealth.Queued()
-			}
 		case <-retry:
 		case <-drift.C:
 			if r.synced {
@@ -154,6 +151,10 @@ func Run(ctx context.Context, cfg Config) error {
 			r.awaitNodes(ctx, nodes)
 			r.refreshFacts()
 			r.refreshLeaving()
+		}
+		if r.ProxyHealth != nil {
+			// Until a sync succeeds, retries included; the first attempt's time stands.
+			r.ProxyHealth.Queued()
 		}
 		if err := r.sync(); err != nil {
 			r.m.failures.Inc()
@@ -196,18 +197,21 @@ func (r *runner) awaitNodes(ctx context.Context, nodes <-chan struct{}) {
 	}
 }
 
-// refreshLeaving tells ProxyHealth whether this node's Node is leaving the cluster.
+// refreshLeaving tells ProxyHealth whether this node's Node is leaving the cluster. A Node that
+// was in the cache and is gone has left: load balancers must not take the node back while its
+// machine is being removed.
 func (r *runner) refreshLeaving() {
 	if r.ProxyHealth == nil {
 		return
 	}
-	nodes, err := r.Hub.Nodes()
-	if err != nil {
-		return
+	n, ok := r.Hub.Node(r.Syncer.Facts().Node.Name)
+	switch {
+	case ok:
+		r.seenSelf = true
+		r.ProxyHealth.SetLeaving(n.Leaving)
+	case r.seenSelf:
+		r.ProxyHealth.SetLeaving(true)
 	}
-	name := r.Syncer.Facts().Node.Name
-	i := slices.IndexFunc(nodes, func(n hub.Node) bool { return n.Name == name })
-	r.ProxyHealth.SetLeaving(i >= 0 && nodes[i].Leaving)
 }
 
 func (r *runner) refreshFacts() {

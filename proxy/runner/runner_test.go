@@ -306,25 +306,32 @@ func TestRunnerFollowsTheNodesZone(t *testing.T) {
 	})
 }
 
+// fakeProxyHealth keeps what healthcheck.ProxyHealth keeps, without a clock: whether a change
+// waits (queued until updated) and whether the node is leaving.
 type fakeProxyHealth struct {
 	mu              sync.Mutex
+	untaken         func() time.Time
+	waiting         bool
 	queued, updated int
 	leaving         bool
 }
 
-func (f *fakeProxyHealth) Queued()           { f.mu.Lock(); f.queued++; f.mu.Unlock() }
-func (f *fakeProxyHealth) Updated()          { f.mu.Lock(); f.updated++; f.mu.Unlock() }
-func (f *fakeProxyHealth) SetLeaving(l bool) { f.mu.Lock(); f.leaving = l; f.mu.Unlock() }
+func (f *fakeProxyHealth) Watch(u func() time.Time) { f.mu.Lock(); f.untaken = u; f.mu.Unlock() }
+func (f *fakeProxyHealth) Queued()                  { f.mu.Lock(); f.queued++; f.waiting = true; f.mu.Unlock() }
+func (f *fakeProxyHealth) Updated()                 { f.mu.Lock(); f.updated++; f.waiting = false; f.mu.Unlock() }
+func (f *fakeProxyHealth) SetLeaving(l bool)        { f.mu.Lock(); f.leaving = l; f.mu.Unlock() }
 
-func (f *fakeProxyHealth) read() (queued, updated int, leaving bool) {
+// read says whether a change waits, taken or not, how many syncs were attempted and whether the
+// node is leaving.
+func (f *fakeProxyHealth) read() (waiting bool, queued int, leaving bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.queued, f.updated, f.leaving
+	return f.waiting || f.untaken != nil && !f.untaken().IsZero(), f.queued, f.leaving
 }
 
-// kube-proxy's /healthz follows the runner: healthy from the start, every change taken is
-// queued and every successful sync clears the queue, and the node's own Node says whether it is
-// leaving (the cluster autoscaler's taint).
+// kube-proxy's /healthz follows the runner: a change waits from the moment the hub marks it until
+// a sync programs it; the node's own Node says whether it is leaving (the cluster autoscaler's
+// taint), and a Node gone from the cache has left.
 func TestRunnerFeedsProxyHealth(t *testing.T) {
 	nstest.RequireRoot(t)
 	node := nstest.NewNS(t)
@@ -346,22 +353,19 @@ func TestRunnerFeedsProxyHealth(t *testing.T) {
 	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
-	eventually(t, "first full sync", func() bool {
-		return counter(t, reg, "nodenet_proxy_sync_objects_total", "full") > 0
+	eventually(t, "first full sync, nothing waiting", func() bool {
+		waiting, queued, _ := ph.read()
+		return counter(t, reg, "nodenet_proxy_sync_objects_total", "full") > 0 && queued > 0 && !waiting
 	})
-	eventually(t, "the first sync cleared the queue", func() bool {
-		q, u, _ := ph.read()
-		return q >= 1 && u >= 2 // once at the start, once after the sync
-	})
-	q0, u0, _ := ph.read()
+	_, q0, _ := ph.read()
 	sl := slice("dns", "dns-1", time.Now(), "10.244.0.6")
 	sl.ResourceVersion = "2"
 	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a change queued, then programmed", func() bool {
-		q, u, _ := ph.read()
-		return q > q0 && u > u0
+	eventually(t, "the change synced, nothing waiting", func() bool {
+		waiting, queued, _ := ph.read()
+		return queued > q0 && !waiting
 	})
 
 	for i, leaving := range []bool{true, false} {
@@ -379,4 +383,11 @@ func TestRunnerFeedsProxyHealth(t *testing.T) {
 			return l == leaving
 		})
 	}
+	if err := client.CoreV1().Nodes().Delete(ctx, nodeName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "leaving once the Node is gone", func() bool {
+		_, _, l := ph.read()
+		return l
+	})
 }
