@@ -272,7 +272,13 @@ func (r *runner) sync() error {
 	r.m.lastSync.Set(float64(now.UnixNano()) / 1e9)
 	r.m.rejected.Set(float64(len(r.Syncer.Rejected())))
 	if res.Ops > 0 || !r.synced {
-		r.Log.Info("synced", zap.String("mode", mode), zap.Int("services", res.Services), zap.Int("objects", res.Ops),
+		// Full syncs are rare (start, changed facts, repairs) and worth a line; a busy cluster
+		// makes partial ones several times a second, which the metrics count.
+		log := r.Log.Debug
+		if res.Full {
+			log = r.Log.Info
+		}
+		log("synced", zap.String("mode", mode), zap.Int("services", res.Services), zap.Int("objects", res.Ops),
 			zap.Int("batches", res.Batches), zap.Duration("took", now.Sub(start)))
 	}
 	r.announce()
