@@ -218,6 +218,7 @@ func (a *Applier) send(plans ...*Plan) error {
 	if err != nil {
 		return err
 	}
+	b.SetUserData(setUserData)
 	var tables []string
 	for _, p := range plans {
 		tables = append(tables, p.table)

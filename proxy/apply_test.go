@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -194,11 +195,16 @@ func TestApplyKernel(t *testing.T) {
 		// nft must be able to list the chainless port's rule and map.
 		`10.96.0.13 . tcp . 80 comment "ns/plain/tcp/http" : goto pick-2-v4`,
 		"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @backends-v4",
-		"10.96.0.13 . tcp . 80 . 0x00000001 : 10.244.1.3 . 8080",
+		"typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport",
+		"10.96.0.13 . tcp . 80 . 1 : 10.244.1.3 . 8080",
+		// A chained port's index reads as it is, not byte-swapped.
+		"numgen random mod 2 vmap { 0 : goto endpoint-",
+		", 1 : goto endpoint-",
 		// The same over IPv6.
 		`fd00:96::13 . tcp . 80 comment "ns/plain6/tcp/http" : goto pick-2-v6`,
 		"dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 2 map @backends-v6",
-		"fd00:96::13 . tcp . 80 . 0x00000001 : fd00:244:1::3 . 8080",
+		"typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport",
+		"fd00:96::13 . tcp . 80 . 1 : fd00:244:1::3 . 8080",
 		`fd00:96::10 . tcp . 80 comment "ns/web6/tcp/http" : goto service-`,
 	} {
 		if !strings.Contains(text, want) {
@@ -236,6 +242,29 @@ func TestApplyKernel(t *testing.T) {
 		if err != nil {
 			t.Errorf("nft list %s: %v", obj, err)
 		}
+	}
+
+	// The listing loads back with nft -f (an operator's saved ruleset): nft restates a few matches
+	// in its own form, and the next Apply (the drift check's repair) puts back the same ruleset.
+	saved := filepath.Join(t.TempDir(), "saved.nft")
+	if err := os.WriteFile(saved, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = node.Do(func(ns.NetNS) error {
+		out, err := exec.Command("sh", "-c", "nft delete table inet "+TableName+" && nft -f "+saved).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("nft -f of the listing: %v", err)
+	}
+	if err := NewApplier(int(node.Fd())).Apply(m); err != nil {
+		t.Fatalf("Apply after nft -f: %v", err)
+	}
+	if again := nftList(t, node); again != text {
+		t.Errorf("after nft -f and Apply the ruleset differs:\n%s", again)
 	}
 
 	// A second Apply, through a new Applier as after a restart, leaves the

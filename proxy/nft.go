@@ -126,9 +126,9 @@ func keyType(f Family, key []Field) (nftables.SetDatatype, error) {
 		case FieldDport:
 			types = append(types, nftables.TypeInetService)
 		case FieldIndex:
-			// A host-order 32-bit type of fixed length: nft cannot list a
-			// concatenation with a plain integer of unknown length.
-			types = append(types, nftables.TypeMark)
+			// A plain integer, as numgen makes it; nft learns its length
+			// from the map's typeof user data (setuserdata.go).
+			types = append(types, nftables.TypeInteger)
 		default:
 			return nftables.SetDatatype{}, fmt.Errorf("field %q cannot be part of a key", k)
 		}

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -31,10 +32,25 @@ import (
 type Batch struct {
 	// Conn marshals the operations. It never opens a socket: its Flush
 	// hands the marshalled messages to the Batch.
-	Conn *nftables.Conn
-	msgs []netlink.Message
-	sent bool
+	Conn     *nftables.Conn
+	msgs     []netlink.Message
+	sent     bool
+	userData func(SetInfo) []byte
 }
+
+// SetInfo is what the creation of a set says about it.
+type SetInfo struct {
+	Table, Name     string
+	Flags           uint32 // NFT_SET_*
+	KeyType, KeyLen uint32
+}
+
+// SetUserData makes Send give each set the batch creates the user data (NFTA_SET_USERDATA) f
+// returns for it; nil leaves what google/nftables wrote. The kernel keeps user data without
+// reading it; nft reads it to print a set's keys and to parse them back. google/nftables writes
+// only a key byte order, big-endian for every anonymous set, and nothing of the typeof form nft
+// needs for a key part that is a plain integer.
+func (b *Batch) SetUserData(f func(SetInfo) []byte) { b.userData = f }
 
 // New returns an empty Batch.
 func New() (*Batch, error) {
@@ -89,6 +105,14 @@ func (b *Batch) Send(netnsFD int) error {
 		h := &msgs[i].Header
 		h.Flags &^= netlink.Acknowledge | netlink.Echo
 		h.Sequence, h.PID = 0, 0 // numbered by the real socket
+		if b.userData != nil && h.Type == netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWSET) {
+			data, err := withUserData(msgs[i].Data, b.userData)
+			if err != nil {
+				return fmt.Errorf("nft batch: %w", err)
+			}
+			msgs[i].Data = data
+			h.Length = 0 // the socket sets it from the new data; the old one would cut it short
+		}
 	}
 	msgs[len(msgs)-2].Header.Flags |= netlink.Acknowledge
 
@@ -272,4 +296,50 @@ var operations = map[uint16]struct {
 	unix.NFT_MSG_DELSET:     {"delete set", unix.NFTA_SET_NAME},
 	unix.NFT_MSG_NEWSETELEM: {"add elements to", unix.NFTA_SET_ELEM_LIST_SET},
 	unix.NFT_MSG_DELSETELEM: {"delete elements of", unix.NFTA_SET_ELEM_LIST_SET},
+}
+
+// withUserData rewrites a NEWSET message's attributes (after its nfgenmsg header) with the user
+// data f returns for the set.
+func withUserData(data []byte, f func(SetInfo) []byte) ([]byte, error) {
+	const nfgenmsgLen = 4
+	if len(data) < nfgenmsgLen {
+		return nil, fmt.Errorf("a set's creation of %d bytes", len(data))
+	}
+	attrs, err := netlink.UnmarshalAttributes(data[nfgenmsgLen:])
+	if err != nil {
+		return nil, fmt.Errorf("decode a set's creation: %w", err)
+	}
+	var info SetInfo
+	for _, a := range attrs {
+		switch a.Type &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER) {
+		case unix.NFTA_SET_TABLE:
+			info.Table = strings.TrimRight(string(a.Data), "\x00")
+		case unix.NFTA_SET_NAME:
+			info.Name = strings.TrimRight(string(a.Data), "\x00")
+		case unix.NFTA_SET_FLAGS:
+			info.Flags = be32(a.Data)
+		case unix.NFTA_SET_KEY_TYPE:
+			info.KeyType = be32(a.Data)
+		case unix.NFTA_SET_KEY_LEN:
+			info.KeyLen = be32(a.Data)
+		}
+	}
+	udata := f(info)
+	if udata == nil {
+		return data, nil
+	}
+	attrs = slices.DeleteFunc(attrs, func(a netlink.Attribute) bool { return a.Type == unix.NFTA_SET_USERDATA })
+	attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_USERDATA, Data: udata})
+	b, err := netlink.MarshalAttributes(attrs)
+	if err != nil {
+		return nil, fmt.Errorf("encode set %s: %w", info.Name, err)
+	}
+	return append(slices.Clip(data[:nfgenmsgLen]), b...), nil
+}
+
+func be32(b []byte) uint32 {
+	if len(b) < 4 {
+		return 0
+	}
+	return binary.BigEndian.Uint32(b)
 }

@@ -165,3 +165,81 @@ func attribute(typ uint16, value string) []byte {
 	}
 	return b
 }
+
+// SetUserData replaces the user data of the sets it returns some for, whatever their place in the
+// batch, and leaves the others as google/nftables wrote them.
+func TestSendGivesSetsTheirUserData(t *testing.T) {
+	nstest.RequireRoot(t)
+	node := nstest.NewNS(t)
+	b := newBatch(t)
+	tab := b.Conn.AddTable(&nftables.Table{Family: inet, Name: "t"})
+	for _, s := range []*nftables.Set{
+		{Table: tab, Name: "mine", KeyType: nftables.TypeInteger, Comment: "replaced"},
+		{Table: tab, Name: "theirs", KeyType: nftables.TypeInteger, Comment: "kept"},
+	} {
+		if err := b.Conn.AddSet(s, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seen []SetInfo
+	// A key byte order and a comment, longer than what google/nftables wrote: the message grows.
+	long := strings.Repeat("x", 100)
+	mine := append([]byte{0, 4, 1, 0, 0, 0, 7, byte(len(long) + 1)}, long+"\x00"...)
+	b.SetUserData(func(s SetInfo) []byte {
+		seen = append(seen, s)
+		if s.Name == "mine" {
+			return mine
+		}
+		return nil
+	})
+	if err := b.Send(int(node.Fd())); err != nil {
+		t.Fatal(err)
+	}
+	want := []SetInfo{{Table: "t", Name: "mine", KeyType: 4, KeyLen: 4}, {Table: "t", Name: "theirs", KeyType: 4, KeyLen: 4}}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Errorf("SetUserData was asked about %+v, want %+v", seen, want)
+	}
+	got := userData(t, node)
+	if string(got["mine"]) != string(mine) {
+		t.Errorf("mine: user data % x, want % x", got["mine"], mine)
+	}
+	if !strings.Contains(string(got["theirs"]), "kept") {
+		t.Errorf("theirs: user data % x lost google/nftables' comment", got["theirs"])
+	}
+}
+
+// userData dumps the inet sets of the namespace and returns each one's user data by name.
+func userData(t *testing.T, node interface{ Fd() uintptr }) map[string][]byte {
+	t.Helper()
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(node.Fd())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSET), Flags: netlink.Request | netlink.Dump},
+		Data:   []byte{unix.NFPROTO_INET, 0, 0, 0},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]byte{}
+	for _, m := range msgs {
+		attrs, err := netlink.UnmarshalAttributes(m.Data[4:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var name string
+		var udata []byte
+		for _, a := range attrs {
+			switch a.Type {
+			case unix.NFTA_SET_NAME:
+				name = strings.TrimRight(string(a.Data), "\x00")
+			case unix.NFTA_SET_USERDATA:
+				udata = a.Data
+			}
+		}
+		out[name] = udata
+	}
+	return out
+}
