@@ -115,7 +115,9 @@ func (a *Applier) readSet(conn *nftables.Conn, s *nftables.Set, d *Digest) error
 	}
 	if def, ok := mapDefs[s.Name]; ok && def.Backends {
 		addrLen := addrSetType(def.Family).Bytes
-		if !s.IsMap || s.DataType.Bytes != addrLen+4 {
+		// The key's type too: maps written before the index was a plain integer are replaced,
+		// so that nft can list them and load the listing back.
+		if kt, err := keyType(def.Family, def.Key); !s.IsMap || s.DataType.Bytes != addrLen+4 || err != nil || s.KeyType.GetNFTMagic() != kt.GetNFTMagic() {
 			d.Maps[s.Name] = "unexpected map " + s.Name
 			return nil
 		}

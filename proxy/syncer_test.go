@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -590,6 +591,44 @@ func TestSyncerChainlessLocalPolicy(t *testing.T) {
 		m := map[bool]string{true: mapServiceIPs(IPv4), false: mapNoEPServices(IPv4)}[local]
 		if got := s.ledger[table].Elems[elemKey{m, key}]; got != want {
 			t.Errorf("step %d (local endpoint %v): %s holds %q, want %q", i, local, m, got, want)
+		}
+	}
+}
+
+// A backends map written before its index was a plain integer (typed mark, without nft's typeof
+// user data: its listing would not load back with nft -f) is replaced by the first sync.
+func TestSyncerReplacesOldBackendsMaps(t *testing.T) {
+	requireRoot(t)
+	node := newNS(t)
+	k := ServiceKey{"bench", "svc-00001"}
+	shard := shardTable(shardOf(k))
+	c := nftConn(t, node)
+	table := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: shard})
+	old, err := nftables.ConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dt, err := nftables.ConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddSet(&nftables.Set{Table: table, Name: mapBackends(IPv4), IsMap: true, Concatenation: true, KeyType: old, DataType: dt}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s := newTestSyncer(t, node)
+	mustSync(t, s, benchWorld(3))
+	checkLedger(t, s)
+	sets, err := c.GetSets(table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := keyType(IPv4, keyBackend)
+	for _, set := range sets {
+		if set.Name == mapBackends(IPv4) && set.KeyType.GetNFTMagic() != want.GetNFTMagic() {
+			t.Errorf("%s keeps key type %s, want %s", set.Name, set.KeyType.Name, want.Name)
 		}
 	}
 }
