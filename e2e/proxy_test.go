@@ -556,20 +556,27 @@ func (s *serviceLab) testExternalLocal(t *testing.T) {
 	}
 }
 
+// reached asks the Service svc 30 times from pod client and returns the backends that answered,
+// sorted.
+func (s *serviceLab) reached(t *testing.T, client, svc string) []string {
+	t.Helper()
+	hit := map[string]bool{}
+	for range 30 {
+		name, _, err := s.pods[client].NS.AskWho(t.Context(), s.vip(svc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hit[name] = true
+	}
+	return slices.Sorted(maps.Keys(hit))
+}
+
 // testInternalLocal: with internalTrafficPolicy Local, pods use only their node's endpoints; a
 // node without one drops (a timeout, not a reset).
 func (s *serviceLab) testInternalLocal(t *testing.T) {
 	ctx := t.Context()
 	for client, want := range map[string][]string{"client-1": {"web-1", "web-2"}, "client-2": {"web-3"}} {
-		hit := map[string]bool{}
-		for range 30 {
-			name, _, err := s.pods[client].NS.AskWho(ctx, s.vip("svc/itp"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			hit[name] = true
-		}
-		if got := slices.Sorted(maps.Keys(hit)); !slices.Equal(got, want) {
+		if got := s.reached(t, client, "svc/itp"); !slices.Equal(got, want) {
 			t.Errorf("%s → itp reached %v, want exactly its node's endpoints %v", client, got, want)
 		}
 	}
@@ -612,15 +619,7 @@ func (s *serviceLab) testPreferSameNode(t *testing.T) {
 		// The rules follow the hints a moment after the slice shows them.
 		var got []string
 		for range 50 {
-			hit := map[string]bool{}
-			for range 30 {
-				name, _, err := s.pods[client].NS.AskWho(ctx, s.vip("svc/near"))
-				if err != nil {
-					t.Fatal(err)
-				}
-				hit[name] = true
-			}
-			if got = slices.Sorted(maps.Keys(hit)); slices.Equal(got, want) {
+			if got = s.reached(t, client, "svc/near"); slices.Equal(got, want) {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)
